@@ -1,0 +1,188 @@
+"""The one module that knows artifact paths, keys and schemas.
+
+Every artifact is a directory of Parquet files plus ``_meta.json``, written last and atomically
+(build in a temp sibling, then rename), so a directory with a valid meta is complete by
+construction. The meta records the schema version, the inputs' key, the row count and every
+file's size; :meth:`ArtifactStore.check` rejects a missing, foreign-key, wrong-schema or
+truncated artifact so the stage rebuilds it instead of reading garbage.
+
+Layout under the output root::
+
+    artifacts/embeddings/{dataset}/{split}/{backbone}/part-*.parquet + _meta.json
+    artifacts/neighbors/{embedding key}/k{kmax}/neighbors.parquet + _meta.json
+    runs/{dataset}/{backbone}/{method}/seed{seed}/predictions.parquet + metrics.json
+    leaderboard.{md,csv,json}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+META_NAME = "_meta.json"
+
+
+def stable_key(payload: dict[str, Any]) -> str:
+    """Short hash of a JSON-able dict; the identity of an artifact's inputs."""
+    raw = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha1(raw).hexdigest()[:16]
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Embeddings of one split, rows in ``idx`` order."""
+
+    features: np.ndarray  # (N, D) float32, unit norm
+    labels: np.ndarray  # (N,) int64
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ArtifactStore:
+    """Paths and validated reads/writes under one output root."""
+
+    root: Path
+
+    # --- paths -----------------------------------------------------------------------
+    def embeddings_dir(self, dataset: str, split: str, backbone: str) -> Path:
+        return self.root / "artifacts" / "embeddings" / _slug(dataset) / _slug(split) / _slug(
+            backbone)
+
+    def neighbors_dir(self, embedding_key: str, kmax: int) -> Path:
+        return self.root / "artifacts" / "neighbors" / embedding_key / f"k{kmax}"
+
+    def run_dir(self, dataset: str, backbone: str, method: str, seed: int) -> Path:
+        return self.root / "runs" / _slug(dataset) / _slug(backbone) / _slug(method) / f"seed{seed}"
+
+    def runs_root(self) -> Path:
+        return self.root / "runs"
+
+    def leaderboard_path(self, suffix: str) -> Path:
+        return self.root / f"leaderboard.{suffix}"
+
+    # --- meta / validity ----------------------------------------------------------------
+    @staticmethod
+    def read_meta(directory: Path) -> dict[str, Any] | None:
+        try:
+            return json.loads((directory / META_NAME).read_text())
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def check(directory: Path, key: str) -> str | None:
+        """None when ``directory`` holds a complete artifact for ``key``, else the reason."""
+        meta = ArtifactStore.read_meta(directory)
+        if meta is None:
+            return "no meta" if not directory.exists() else "missing or unreadable meta"
+        if meta.get("schema_version") != SCHEMA_VERSION:
+            return f"schema {meta.get('schema_version')} != {SCHEMA_VERSION}"
+        if meta.get("key") != key:
+            return "inputs changed (key mismatch)"
+        for name, size in meta.get("files", {}).items():
+            path = directory / name
+            if not path.is_file() or path.stat().st_size != size:
+                return f"file {name} missing or truncated"
+        return None
+
+    @staticmethod
+    def begin(directory: Path) -> Path:
+        """A fresh temp directory beside ``directory`` to build an artifact in."""
+        tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        return tmp
+
+    @staticmethod
+    def commit(tmp: Path, directory: Path, key: str, rows: int, **extra: Any) -> dict[str, Any]:
+        """Write the meta into ``tmp`` and move it into place, replacing any stale artifact."""
+        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.suffix == ".parquet"}
+        meta = {"schema_version": SCHEMA_VERSION, "key": key, "rows": rows, "files": files,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+        (tmp / META_NAME).write_text(json.dumps(meta, indent=2, default=str))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+        return meta
+
+    # --- embeddings -----------------------------------------------------------------------
+    @staticmethod
+    def read_embeddings(directory: Path) -> Embeddings:
+        """Read an embeddings artifact, sorted by idx; checks idx is exactly 0..N-1."""
+        meta = ArtifactStore.read_meta(directory) or {}
+        table = pq.read_table(directory, columns=["idx", "label", "embedding"])
+        idx = table.column("idx").to_numpy()
+        order = np.argsort(idx, kind="stable")
+        n = len(idx)
+        if not np.array_equal(idx[order], np.arange(n)):
+            raise ValueError(f"{directory}: idx is not a permutation of 0..{n - 1}")
+        features = fixed_list_to_numpy(table.column("embedding"))[order]
+        labels = table.column("label").to_numpy().astype(np.int64)[order]
+        return Embeddings(np.ascontiguousarray(features, dtype=np.float32), labels, meta)
+
+    # --- neighbours -----------------------------------------------------------------------
+    @staticmethod
+    def write_neighbors(tmp: Path, nbr_idx: np.ndarray, nbr_sim: np.ndarray) -> None:
+        n, k = nbr_idx.shape
+        table = pa.table({
+            "idx": np.arange(n, dtype=np.int64),
+            "nbr_idx": pa.FixedSizeListArray.from_arrays(nbr_idx.astype(np.int32).ravel(), k),
+            "nbr_sim": pa.FixedSizeListArray.from_arrays(nbr_sim.astype(np.float32).ravel(), k),
+        })
+        pq.write_table(table, tmp / "neighbors.parquet")
+
+    @staticmethod
+    def read_neighbors(directory: Path) -> tuple[np.ndarray, np.ndarray]:
+        """(N, kmax) int64 neighbour indices and (N, kmax) float32 similarities, idx order."""
+        table = pq.read_table(directory / "neighbors.parquet")
+        order = np.argsort(table.column("idx").to_numpy(), kind="stable")
+        nbr = fixed_list_to_numpy(table.column("nbr_idx"))[order].astype(np.int64)
+        sim = fixed_list_to_numpy(table.column("nbr_sim"))[order].astype(np.float32)
+        return nbr, sim
+
+    # --- run results ------------------------------------------------------------------------
+    @staticmethod
+    def write_run(directory: Path, predictions: np.ndarray, metrics: dict[str, Any]) -> None:
+        """predictions.parquet then metrics.json (the completion marker), atomically."""
+        tmp = ArtifactStore.begin(directory)
+        pq.write_table(pa.table({"idx": np.arange(len(predictions), dtype=np.int64),
+                                 "cluster": predictions.astype(np.int64)}),
+                       tmp / "predictions.parquet")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+
+    @staticmethod
+    def read_run(directory: Path) -> dict[str, Any] | None:
+        try:
+            return json.loads((directory / "metrics.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """(N, k) numpy from a list / fixed-size-list / Ray tensor-extension column."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(arr, pa.ExtensionArray):
+        arr = arr.storage
+    n = len(arr)
+    flat = arr.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(n, -1) if n else flat.reshape(0, 0)

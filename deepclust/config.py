@@ -1,0 +1,75 @@
+"""Typed, frozen, strict configs.
+
+Configs are frozen dataclasses; defaults live only on the fields (with a why-comment beside
+them). :func:`from_dict` is the one way to build a config from untrusted input (CLI, search
+spaces, saved JSON): unknown keys are errors with a did-you-mean, and values are type-checked
+(ints are accepted for float fields; bools are never accepted as ints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from deepclust.errors import UserError
+
+C = TypeVar("C")
+
+
+def _check_type(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_check_type(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, tuple | list):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_check_type(v, args[0]) for v in value)
+        return len(args) == len(value) and all(_check_type(v, a) for v, a in zip(value, args))
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
+
+
+def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+    """Build ``cls`` from ``data`` strictly; raises UserError on unknown keys or bad types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            guess = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(
+                f"unknown key '{key}' for {cls.__name__}{guess}; valid: {', '.join(sorted(fields))}"
+            )
+        if not _check_type(value, hints[key]):
+            raise UserError(
+                f"{cls.__name__}.{key} must be {hints[key]}, got {value!r} ({type(value).__name__})"
+            )
+        if hints[key] is float and isinstance(value, int):
+            value = float(value)
+        if typing.get_origin(hints[key]) is tuple and isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """JSON-ready dict of a config dataclass (saved with every result)."""
+    return dataclasses.asdict(cfg)

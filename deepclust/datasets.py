@@ -1,0 +1,469 @@
+"""DATASETS: one spec per benchmark protocol, plus ``parquet:<path>`` and ``folder:<path>``.
+
+A spec loads one split as an :class:`ImageSet`: labels plus exactly one image source (uint8
+pixel arrays, encoded bytes, or file paths), not yet decoded. Decoding happens in the embedding
+stage. Standard sets load through torchvision from ``data_root`` (``download=True`` only when
+the user asks for it); every "not there" failure becomes a one-line :class:`DatasetUnavailable`
+naming the path looked at and how to get the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from deepclust.errors import UserError, unknown_name
+from deepclust.registry import Registry
+
+
+class DatasetUnavailable(UserError):
+    """The dataset's files are not where we looked."""
+
+
+@dataclass(frozen=True, eq=False)
+class ImageSet:
+    """One split of a dataset: N labels and N undecoded images.
+
+    Exactly one of ``pixels`` ((N,H,W) or (N,H,W,3) uint8), ``encoded`` ((N,) binary) or
+    ``paths`` ((N,) str) is set. ``fingerprint`` identifies the content for cache keys.
+    """
+
+    name: str
+    split: str
+    labels: np.ndarray
+    num_classes: int
+    class_names: tuple[str, ...]
+    fingerprint: str
+    pixels: np.ndarray | None = None
+    encoded: pa.Array | None = None
+    paths: tuple[str, ...] | None = None
+    origin: str = ""  # where it came from (a file or folder), for error messages
+
+    def __post_init__(self) -> None:
+        set_sources = [s for s in (self.pixels, self.encoded, self.paths) if s is not None]
+        if len(set_sources) != 1:
+            raise ValueError("an ImageSet needs exactly one of pixels / encoded / paths")
+        if len(set_sources[0]) != len(self.labels):
+            raise ValueError("image source and labels differ in length")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def source_column(self) -> str:
+        if self.pixels is not None:
+            return "pixels"
+        return "encoded" if self.encoded is not None else "path"
+
+    def source_slice(self, start: int, stop: int) -> np.ndarray | pa.Array | list:
+        if self.pixels is not None:
+            return self.pixels[start:stop]
+        if self.encoded is not None:
+            return self.encoded.slice(start, stop - start)
+        return list(self.paths[start:stop])
+
+    def describe(self, idx: int) -> str:
+        """Human location of image ``idx`` (path, or file + row)."""
+        if self.paths is not None:
+            return self.paths[idx]
+        return f"{self.origin or self.name} row {idx}"
+
+    def batches(self, batch_size: int):
+        """Yield ``{"idx", "label", <source>}`` numpy batches (the Ray Data batch format)."""
+        for start in range(0, len(self), batch_size):
+            stop = min(start + batch_size, len(self))
+            src = self.source_slice(start, stop)
+            if isinstance(src, pa.Array):
+                src = np.asarray(src.to_pylist(), dtype=object)
+            yield {
+                "idx": np.arange(start, stop, dtype=np.int64),
+                "label": self.labels[start:stop],
+                self.source_column: np.asarray(src) if self.pixels is not None else np.asarray(
+                    src, dtype=object
+                ),
+            }
+
+
+Loader = Callable[[str, Path, bool], ImageSet]  # (split, data_root, download) -> ImageSet
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A benchmark protocol: where the data comes from and which splits fit / evaluate."""
+
+    name: str
+    load: Loader
+    fit_split: str
+    eval_split: str
+    description: str
+    splits: tuple[str, ...] = field(default=())
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+
+def _hash(*parts: object) -> str:
+    h = hashlib.sha1()
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            h.update(np.ascontiguousarray(p).tobytes())
+        else:
+            h.update(repr(p).encode())
+    return h.hexdigest()[:16]
+
+
+def _file_fingerprint(paths: list[Path]) -> str:
+    return _hash([(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths])
+
+
+def _pixel_set(name, split, pixels, labels, class_names, origin="") -> ImageSet:
+    labels = np.asarray(labels, dtype=np.int64)
+    return ImageSet(
+        name=name,
+        split=split,
+        labels=labels,
+        num_classes=len(class_names),
+        class_names=tuple(class_names),
+        fingerprint=_hash(name, split, pixels, labels),
+        pixels=np.ascontiguousarray(pixels, dtype=np.uint8),
+        origin=origin,
+    )
+
+
+def _path_set(name, split, paths, labels, class_names, origin="") -> ImageSet:
+    labels = np.asarray(labels, dtype=np.int64)
+    paths = tuple(str(p) for p in paths)
+    return ImageSet(
+        name=name,
+        split=split,
+        labels=labels,
+        num_classes=len(class_names),
+        class_names=tuple(class_names),
+        fingerprint=_hash(name, split, paths, labels),
+        paths=paths,
+        origin=origin,
+    )
+
+
+def _check_split(name: str, split: str, splits: tuple[str, ...]) -> None:
+    if split not in splits:
+        raise unknown_name(f"split of {name}", split, splits)
+
+
+def _missing(name: str, path: Path, how: str) -> DatasetUnavailable:
+    return DatasetUnavailable(f"dataset '{name}' not found at {path}; {how}")
+
+
+_TV_HOW = "rerun with --download (needs internet) or point --data-root at the folder that holds it"
+
+
+def _torchvision(name: str, factory: Callable[[], object], where: Path):
+    """Construct a torchvision dataset, turning its 'not found' errors into one line."""
+    try:
+        return factory()
+    except (RuntimeError, FileNotFoundError, OSError) as exc:
+        if "download" in str(exc).lower() or isinstance(exc, FileNotFoundError | OSError):
+            raise _missing(name, where, _TV_HOW) from exc
+        raise
+
+
+# --- digits: the embedded default -------------------------------------------------------
+
+
+def _digits_loader(split: str, data_root: Path, download: bool) -> ImageSet:
+    from sklearn.datasets import load_digits
+
+    _check_split("digits", split, ("all",))
+    d = load_digits()
+    # 8x8 intensities in 0..16 -> uint8 grey; the backbone's resize upsamples them.
+    pixels = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+    return _pixel_set("digits", split, pixels, d.target, [str(c) for c in range(10)],
+                      origin="sklearn.datasets.load_digits")
+
+
+DATASETS.add("digits", DatasetSpec(
+    "digits", _digits_loader, "all", "all",
+    "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes; offline)", ("all",)))
+
+
+# --- torchvision array datasets ---------------------------------------------------------
+
+
+def _cifar_parquet(name: str, data_root: Path, split: str) -> ImageSet | None:
+    """The ``{data_root}/{name}/{split}.parquet`` layout (e.g. shared/data/cifar10)."""
+    path = data_root / name / f"{split}.parquet"
+    return load_parquet(path, name=name, split=split) if path.is_file() else None
+
+
+def _mnist_loader(split: str, data_root: Path, download: bool) -> ImageSet:
+    from torchvision.datasets import MNIST
+
+    _check_split("mnist", split, ("train", "test"))
+    ds = _torchvision("mnist", lambda: MNIST(str(data_root), train=split == "train",
+                                              download=download), data_root / "MNIST")
+    return _pixel_set("mnist", split, ds.data.numpy(), ds.targets.numpy(), ds.classes,
+                      origin=str(data_root / "MNIST"))
+
+
+def _cifar_loader(name: str, coarse: bool = False) -> Loader:
+    def load(split: str, data_root: Path, download: bool) -> ImageSet:
+        from torchvision.datasets import CIFAR10, CIFAR100
+
+        _check_split(name, split, ("train", "test"))
+        if name == "cifar10" and (pq_set := _cifar_parquet(name, data_root, split)) is not None:
+            return pq_set
+        cls, folder = (CIFAR10, "cifar-10-batches-py") if name == "cifar10" else (
+            CIFAR100, "cifar-100-python")
+        ds = _torchvision(name, lambda: cls(str(data_root), train=split == "train",
+                                            download=download), data_root / folder)
+        labels, classes = np.asarray(ds.targets), ds.classes
+        if coarse:
+            base = data_root / folder
+            with open(base / ("train" if split == "train" else "test"), "rb") as f:
+                labels = np.asarray(pickle.load(f, encoding="latin1")["coarse_labels"])
+            with open(base / "meta", "rb") as f:
+                classes = pickle.load(f, encoding="latin1")["coarse_label_names"]
+        return _pixel_set(name, split, ds.data, labels, classes, origin=str(data_root / folder))
+
+    return load
+
+
+def _stl10_loader(split: str, data_root: Path, download: bool) -> ImageSet:
+    from torchvision.datasets import STL10
+
+    _check_split("stl10", split, ("train", "test"))
+    ds = _torchvision("stl10", lambda: STL10(str(data_root), split=split, download=download),
+                      data_root / "stl10_binary")
+    return _pixel_set("stl10", split, ds.data.transpose(0, 2, 3, 1), ds.labels, ds.classes,
+                      origin=str(data_root / "stl10_binary"))
+
+
+DATASETS.add("mnist", DatasetSpec("mnist", _mnist_loader, "train", "test",
+                                  "MNIST (torchvision)", ("train", "test")))
+DATASETS.add("cifar10", DatasetSpec(
+    "cifar10", _cifar_loader("cifar10"), "train", "test",
+    "CIFAR-10 (torchvision layout, or {data_root}/cifar10/{train,test}.parquet)",
+    ("train", "test")))
+DATASETS.add("cifar100", DatasetSpec("cifar100", _cifar_loader("cifar100"), "train", "test",
+                                     "CIFAR-100, 100 fine classes (torchvision)",
+                                     ("train", "test")))
+DATASETS.add("cifar100_20", DatasetSpec(
+    "cifar100_20", _cifar_loader("cifar100_20", coarse=True), "train", "test",
+    "CIFAR-100 with its 20 superclasses as labels (SCAN/TEMI protocol)", ("train", "test")))
+DATASETS.add("stl10", DatasetSpec("stl10", _stl10_loader, "train", "test",
+                                  "STL-10 labelled splits (torchvision)", ("train", "test")))
+
+
+# --- ImageNet class subsets (SCAN / TEMI protocol) --------------------------------------
+
+
+def _imagenet_subset_loader(n: int) -> Loader:
+    name = f"imagenet{n}"
+
+    def load(split: str, data_root: Path, download: bool) -> ImageSet:
+        _check_split(name, split, ("train", "val"))
+        root = data_root / "imagenet" / split
+        subset_file = data_root / "imagenet_subsets" / f"imagenet_{n}.txt"
+        if not root.is_dir():
+            raise _missing(name, root, "ImageNet cannot be downloaded automatically; place the "
+                           "ILSVRC2012 train/val class folders (wnid names) there")
+        if not subset_file.is_file():
+            raise _missing(name, subset_file, f"put the list of {n} wnids (one per line, the "
+                           "class subset used by SCAN and TEMI) there")
+        wnids = [w.split()[0] for w in subset_file.read_text().splitlines() if w.strip()]
+        missing = [w for w in wnids if not (root / w).is_dir()]
+        if missing:
+            raise _missing(name, root / missing[0], f"{len(missing)} subset classes are missing")
+        paths, labels = [], []
+        for label, wnid in enumerate(wnids):
+            files = sorted(p for p in (root / wnid).iterdir() if p.is_file())
+            paths += files
+            labels += [label] * len(files)
+        return _path_set(name, split, paths, labels, wnids, origin=str(root))
+
+    return load
+
+
+for _n in (50, 100, 200):
+    DATASETS.add(f"imagenet{_n}", DatasetSpec(
+        f"imagenet{_n}", _imagenet_subset_loader(_n), "train", "val",
+        f"{_n}-class ImageNet subset: {{data_root}}/imagenet/{{train,val}} + "
+        f"{{data_root}}/imagenet_subsets/imagenet_{_n}.txt", ("train", "val")))
+
+
+# --- fine-grained sets (GCD benchmarks) ------------------------------------------------
+
+
+def _cub_loader(split: str, data_root: Path, download: bool) -> ImageSet:
+    _check_split("cub", split, ("train", "test"))
+    root = data_root / "CUB_200_2011"
+    if not (root / "images.txt").is_file():
+        raise _missing("cub", root, "download CUB_200_2011.tgz from the Caltech-UCSD site and "
+                       "extract it under --data-root (torchvision has no CUB loader)")
+
+    def table(fname: str) -> dict[int, str]:
+        rows = (line.split(maxsplit=1) for line in (root / fname).read_text().splitlines())
+        return {int(k): v.strip() for k, v in rows}
+
+    images, labels, is_train = (table(f) for f in
+                                ("images.txt", "image_class_labels.txt", "train_test_split.txt"))
+    classes = [v for _, v in sorted(table("classes.txt").items())]
+    want = "1" if split == "train" else "0"
+    ids = [i for i in sorted(images) if is_train[i] == want]
+    return _path_set("cub", split, [root / "images" / images[i] for i in ids],
+                     [int(labels[i]) - 1 for i in ids], classes, origin=str(root))
+
+
+def _scars_loader(split: str, data_root: Path, download: bool) -> ImageSet:
+    from torchvision.datasets import StanfordCars
+
+    _check_split("scars", split, ("train", "test"))
+    ds = _torchvision("scars", lambda: StanfordCars(str(data_root), split=split,
+                                                     download=download),
+                      data_root / "stanford_cars")
+    paths, labels = zip(*ds._samples, strict=True) if ds._samples else ((), ())
+    return _path_set("scars", split, paths, labels, ds.classes,
+                     origin=str(data_root / "stanford_cars"))
+
+
+def _aircraft_loader(split: str, data_root: Path, download: bool) -> ImageSet:
+    from torchvision.datasets import FGVCAircraft
+
+    _check_split("aircraft", split, ("trainval", "test"))
+    ds = _torchvision("aircraft", lambda: FGVCAircraft(str(data_root), split=split,
+                                                        annotation_level="variant",
+                                                        download=download),
+                      data_root / "fgvc-aircraft-2013b")
+    return _path_set("aircraft", split, ds._image_files, ds._labels, ds.classes,
+                     origin=str(data_root / "fgvc-aircraft-2013b"))
+
+
+DATASETS.add("cub", DatasetSpec("cub", _cub_loader, "train", "test",
+                                "CUB-200-2011 birds ({data_root}/CUB_200_2011)",
+                                ("train", "test")))
+DATASETS.add("scars", DatasetSpec("scars", _scars_loader, "train", "test",
+                                  "Stanford Cars (torchvision layout)", ("train", "test")))
+DATASETS.add("aircraft", DatasetSpec("aircraft", _aircraft_loader, "trainval", "test",
+                                     "FGVC-Aircraft, 100 variants (torchvision)",
+                                     ("trainval", "test")))
+
+
+# --- generic parquet / folder ------------------------------------------------------------
+
+
+def load_parquet(path: Path, name: str | None = None, split: str = "all",
+                 image_column: str | None = None, label_column: str = "label") -> ImageSet:
+    """A parquet file, or folder of shards, with a binary image column and an int label column.
+
+    The image column is ``image_column`` or the only binary column. Class names come from the
+    schema metadata key ``classes`` (comma-separated) when present.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise _missing(name or f"parquet:{path}", path, "check the path (a .parquet file or a "
+                       "folder of .parquet shards)")
+    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    if not files:
+        raise _missing(name or f"parquet:{path}", path, "the folder holds no .parquet files")
+    try:
+        table = pa.concat_tables(pq.read_table(f) for f in files)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"cannot read parquet at {path}: {str(exc).splitlines()[0]}") from exc
+    binary = [f.name for f in table.schema if pa.types.is_binary(f.type)
+              or pa.types.is_large_binary(f.type)]
+    image_column = image_column or (binary[0] if len(binary) == 1 else None)
+    if image_column not in table.column_names or label_column not in table.column_names:
+        raise UserError(f"{path} needs one binary image column and an integer '{label_column}' "
+                        f"column; found {table.schema.names}")
+    labels = table.column(label_column).to_numpy().astype(np.int64)
+    meta = table.schema.metadata or {}
+    classes = meta.get(b"classes", b"").decode()
+    class_names = tuple(c.strip() for c in classes.split(",")) if classes else tuple(
+        str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0))
+    return ImageSet(
+        name=name or f"parquet:{path}",
+        split=split,
+        labels=labels,
+        num_classes=max(len(class_names), int(labels.max()) + 1 if len(labels) else 0),
+        class_names=class_names,
+        fingerprint=_file_fingerprint(files),
+        encoded=table.column(image_column).combine_chunks(),
+        origin=str(path),
+    )
+
+
+def _parquet_spec(path: Path) -> DatasetSpec:
+    split_files = {s: path / f"{s}.parquet" for s in ("train", "test")}
+    if path.is_dir() and all(f.is_file() for f in split_files.values()):
+        def load(split: str, data_root: Path, download: bool) -> ImageSet:
+            _check_split(f"parquet:{path}", split, ("train", "test"))
+            return load_parquet(split_files[split], name=f"parquet:{path}", split=split)
+
+        return DatasetSpec(f"parquet:{path}", load, "train", "test", f"parquet shards at {path}",
+                           ("train", "test"))
+
+    def load_all(split: str, data_root: Path, download: bool) -> ImageSet:
+        _check_split(f"parquet:{path}", split, ("all",))
+        return load_parquet(path, name=f"parquet:{path}")
+
+    return DatasetSpec(f"parquet:{path}", load_all, "all", "all", f"parquet at {path}", ("all",))
+
+
+def load_folder(root: Path, name: str, split: str = "all") -> ImageSet:
+    """An ImageFolder (one sub-folder per class), keeping torchvision's class->index map."""
+    from torchvision.datasets import ImageFolder
+
+    if not root.is_dir():
+        raise _missing(name, root, "check the path (one sub-folder per class)")
+    try:
+        ds = ImageFolder(str(root))
+    except FileNotFoundError as exc:
+        raise _missing(name, root, str(exc).splitlines()[0]) from exc
+    paths, labels = zip(*ds.samples, strict=True)
+    return _path_set(name, split, paths, labels, ds.classes, origin=str(root))
+
+
+def _folder_spec(root: Path) -> DatasetSpec:
+    name = f"folder:{root}"
+    eval_dir = next((d for d in ("val", "test") if (root / d).is_dir()), None)
+    if (root / "train").is_dir() and eval_dir:
+        def load(split: str, data_root: Path, download: bool) -> ImageSet:
+            _check_split(name, split, ("train", eval_dir))
+            return load_folder(root / split, name, split)
+
+        return DatasetSpec(name, load, "train", eval_dir, f"image folders at {root}",
+                           ("train", eval_dir))
+
+    def load_all(split: str, data_root: Path, download: bool) -> ImageSet:
+        _check_split(name, split, ("all",))
+        return load_folder(root, name)
+
+    return DatasetSpec(name, load_all, "all", "all", f"image folder at {root}", ("all",))
+
+
+def resolve_dataset(name: str) -> DatasetSpec:
+    """A registered benchmark, or ``parquet:<path>`` / ``folder:<path>``."""
+    for prefix, build in (("parquet:", _parquet_spec), ("folder:", _folder_spec)):
+        if name.startswith(prefix):
+            path = Path(os.path.expanduser(name[len(prefix):]))
+            if not path.exists():
+                raise DatasetUnavailable(f"dataset '{name}' not found: {path} does not exist")
+            return build(path)
+    return DATASETS.get(name, hint="or parquet:<path> / folder:<path>")
+
+
+def dataset_slug(name: str) -> str:
+    """A filesystem-safe, stable name for artifact paths."""
+    if ":" not in name:
+        return name
+    prefix, path = name.split(":", 1)
+    stem = Path(path).stem or "root"
+    return f"{prefix}-{stem}-{_hash(str(Path(path).resolve()))[:8]}"

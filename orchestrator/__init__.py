@@ -1,0 +1,1 @@
+"""Runs things and owns data: the Ray stages (embed, mine), the sweep CLI, the leaderboard."""

@@ -1,0 +1,132 @@
+"""Embedding stage on Ray Data: image sources -> decode (CPU tasks) -> Embedder actors -> Parquet.
+
+Rows carry an ``idx`` column end to end (Ray Data does not preserve order); readers sort by
+it. The artifact is cached under a key of (dataset content fingerprint, split, backbone,
+weights file, preprocessing), so a second run with the same inputs does no work, and a
+corrupt or mismatched cache is rebuilt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray.data as rd
+from ray.data.extensions import ArrowTensorArray
+
+from deepclust.artifacts import ArtifactStore, Embeddings, stable_key
+from deepclust.backbones import backbone_preprocess, weights_fingerprint
+from deepclust.datasets import ImageSet
+from deepclust.embedder import Embedder
+from deepclust.errors import UserError
+from deepclust.preprocess import decode_batch
+from orchestrator.ray_env import ClusterResources
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_BLOCK = 512  # input blocks: small enough to stream and spread, big enough to amortise
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedOptions:
+    backbone: str
+    weights_file: str | None = None
+    batch_size: int = 64  # images per model call; 64 keeps CPU memory low, fine on GPU too
+
+
+def embedding_key(imageset: ImageSet, opts: EmbedOptions) -> str:
+    return stable_key({
+        "dataset": imageset.name,
+        "split": imageset.split,
+        "content": imageset.fingerprint,
+        "rows": len(imageset),
+        "backbone": opts.backbone,
+        "weights": weights_fingerprint(opts.weights_file),
+        "preprocess": dataclasses.asdict(backbone_preprocess(opts.backbone)),
+    })
+
+
+def _source_dataset(imageset: ImageSet) -> rd.Dataset:
+    tables = []
+    for start in range(0, len(imageset), ROWS_PER_BLOCK):
+        stop = min(start + ROWS_PER_BLOCK, len(imageset))
+        src = imageset.source_slice(start, stop)
+        if imageset.pixels is not None:
+            src = ArrowTensorArray.from_numpy(np.ascontiguousarray(src))
+        elif imageset.paths is not None:
+            src = pa.array(src, type=pa.string())
+        tables.append(pa.table({"idx": np.arange(start, stop, dtype=np.int64),
+                                "label": imageset.labels[start:stop],
+                                imageset.source_column: src}))
+    return rd.from_arrow(tables)
+
+
+def _report_bad_images(directory: Path, imageset: ImageSet) -> None:
+    table = pq.read_table(directory, columns=["idx", "error"])
+    errors = table.column("error").to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(errors != "")
+    if len(bad) == 0:
+        return
+    idx = table.column("idx").to_numpy()[bad]
+    order = np.argsort(idx)
+    shown = "; ".join(f"idx {idx[i]} ({imageset.describe(int(idx[i]))}: {errors[bad[i]]})"
+                      for i in order[:3])
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    raise UserError(f"{len(bad)} unreadable image(s) in {imageset.name}/{imageset.split}: "
+                    f"{shown}{more}; fix or remove them and rerun")
+
+
+def ensure_embeddings(imageset: ImageSet, opts: EmbedOptions, store: ArtifactStore,
+                      resources: ClusterResources) -> Embeddings:
+    """Return the split's embeddings, computing them on Ray Data unless cached."""
+    key = embedding_key(imageset, opts)
+    directory = store.embeddings_dir(imageset.name, imageset.split, opts.backbone)
+    reason = store.check(directory, key)
+    if reason is None:
+        log.info("embeddings %s/%s: cached (%s)", imageset.name, imageset.split, directory)
+        return store.read_embeddings(directory)
+    if directory.exists():
+        log.warning("embeddings %s/%s: rebuilding (%s)", imageset.name, imageset.split, reason)
+    tmp = store.begin(directory)
+    t0 = time.perf_counter()
+    try:
+        _run_pipeline(imageset, opts, resources, tmp)
+        _report_bad_images(tmp, imageset)
+        n = sum(pq.ParquetFile(p).metadata.num_rows for p in tmp.glob("*.parquet"))
+        if n != len(imageset):
+            raise RuntimeError(f"embedding stage wrote {n} rows for {len(imageset)} images")
+        seconds = time.perf_counter() - t0
+        store.commit(tmp, directory, key, rows=n, dataset=imageset.name, split=imageset.split,
+                     backbone=opts.backbone, seconds=round(seconds, 2))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("embeddings %s/%s: %d images in %.1fs", imageset.name, imageset.split, n, seconds)
+    return store.read_embeddings(directory)
+
+
+def _run_pipeline(imageset: ImageSet, opts: EmbedOptions, res: ClusterResources,
+                  out_dir: Path) -> None:
+    pp = backbone_preprocess(opts.backbone)
+    ctor = {"backbone": opts.backbone, "weights_file": opts.weights_file}
+    if res.gpus:
+        # One actor per GPU; decode stays on separate CPU tasks (different resource asks keep
+        # the operators unfused, so decode and the forward pass stream concurrently).
+        embed_args = {"num_gpus": 1, "num_cpus": 1,
+                      "compute": rd.ActorPoolStrategy(size=res.gpus)}
+    else:
+        # CPU-only: actors reserve one CPU each but run torch on a larger thread budget
+        # (Ray pins OMP threads to the reservation, which would leave cores idle).
+        pool = max(1, res.cpus // 8)
+        ctor["num_threads"] = max(1, res.cpus // pool)
+        embed_args = {"num_cpus": 1, "compute": rd.ActorPoolStrategy(size=pool)}
+    ds = _source_dataset(imageset).map_batches(
+        decode_batch, fn_kwargs={"preprocess": pp}, batch_size=opts.batch_size, num_cpus=1)
+    ds = ds.map_batches(Embedder, fn_constructor_kwargs=ctor, batch_size=opts.batch_size,
+                        **embed_args)
+    ds.write_parquet(str(out_dir), min_rows_per_file=8192)

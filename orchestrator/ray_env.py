@@ -1,0 +1,40 @@
+"""The only place that calls ``ray.init``.
+
+Connects to ``address`` (or ``$RAY_ADDRESS``, e.g. on a cluster started with ``ray up``), else
+starts a local Ray with the dashboard (``ray[default]`` is a dependency: Train V2's
+placement-group cleanup needs the State API, see shared/spec/ray-notes.md section 8.1).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import ray
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClusterResources:
+    cpus: int
+    gpus: int
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> ClusterResources:
+    """Start or join Ray once per process and return the cluster's CPU/GPU totals."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network here, no prompt
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        kwargs = {"num_cpus": num_cpus} if address is None and num_cpus else {}
+        ray.init(address=address, logging_level=logging.WARNING, **kwargs)
+    res = ray.cluster_resources()
+    out = ClusterResources(cpus=int(res.get("CPU", 1)), gpus=int(res.get("GPU", 0)))
+    log.info("ray: %d CPUs, %d GPUs", out.cpus, out.gpus)
+    return out
+
+
+def shutdown_ray() -> None:
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,190 @@
+"""``python -m orchestrator.sweep``: run methods over benchmarks and print the leaderboard.
+
+Examples::
+
+    python -m orchestrator.sweep --benchmark all          # every benchmark whose data exists
+    python -m orchestrator.sweep --benchmark cifar10 --data-root ../shared/data
+    python -m orchestrator.sweep --benchmark parquet:../shared/data/cifar10/test.parquet
+
+User mistakes (unknown names, missing data, bad k, unreadable images) print one ``error:``
+line and exit with status 2; everything already computed stays cached under ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from deepclust.artifacts import ArtifactStore
+from deepclust.backbones import DEFAULT_BACKBONE, resolve_backbone
+from deepclust.datasets import DATASETS, DatasetUnavailable, resolve_dataset
+from deepclust.errors import UserError
+from deepclust.knn import BACKENDS
+from trainables.methods import METHODS
+
+log = logging.getLogger("orchestrator.sweep")
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.sweep",
+        description="Embed, mine neighbours, cluster and rank methods across benchmarks.")
+    p.add_argument("--benchmark", default="all",
+                   help="'all' (every benchmark whose data is present), or NAME[,NAME]: "
+                        f"{', '.join(DATASETS.names())}, parquet:<path>, folder:<path>")
+    p.add_argument("--methods", default=",".join(METHODS.names()),
+                   help=f"METHOD[,METHOD] (default: all registered: {', '.join(METHODS.names())})")
+    p.add_argument("--data-root", default=os.environ.get("UNIC_DATA_ROOT", "data"),
+                   help="folder holding the standard datasets (default: $UNIC_DATA_ROOT or ./data)")
+    p.add_argument("--download", action="store_true",
+                   help="let torchvision download missing standard datasets (needs internet)")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help=f"registered backbone or any timm name with tag (default: {DEFAULT_BACKBONE}, "
+                        "offline)")
+    p.add_argument("--backbone-weights", default=None,
+                   help="local weights file for a timm backbone (air-gapped machines)")
+    p.add_argument("--output", default="results", help="artifacts, runs and leaderboard (default: ./results)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    p.add_argument("--kmax", type=int, default=None,
+                   help="neighbours mined per image (default: min(50, N-1))")
+    p.add_argument("--knn-backend", default="auto", choices=BACKENDS)
+    p.add_argument("--knn-shards", type=int, default=0,
+                   help="Ray tasks the kNN queries are split over (default: one per GPU, else 1)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per embedding batch")
+    p.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (default: $RAY_ADDRESS, else start a local one)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _parse_seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in _csv(text))
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated integers, got '{text}'") from None
+    if not seeds:
+        raise UserError("--seeds is empty; give at least one integer seed")
+    return seeds
+
+
+def _settings(args: argparse.Namespace, explicit_root: bool):
+    from orchestrator.pipeline import SweepSettings
+
+    methods = tuple(_csv(args.methods))
+    for m in methods:
+        METHODS.get(m)
+    if not methods:
+        raise UserError("--methods is empty; valid: " + ", ".join(METHODS.names()))
+    resolve_backbone(args.backbone)
+    data_root = Path(args.data_root).expanduser()
+    if explicit_root and not data_root.is_dir() and not args.download:
+        raise UserError(f"data root {data_root} does not exist; fix --data-root or add --download")
+    if args.kmax is not None and args.kmax < 1:
+        raise UserError(f"--kmax must be >= 1, got {args.kmax}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    return SweepSettings(data_root=data_root, download=args.download, output=Path(args.output),
+                         backbone=args.backbone, weights_file=args.backbone_weights,
+                         methods=methods, seeds=_parse_seeds(args.seeds), kmax=args.kmax,
+                         knn_backend=args.knn_backend, knn_shards=args.knn_shards,
+                         batch_size=args.batch_size)
+
+
+def _select(benchmark: str, settings) -> tuple[list, list[tuple[str, str]]]:
+    """(loaded benchmark splits, skipped [(name, reason)]). 'all' skips missing data;
+    an explicitly named benchmark with missing data is an error."""
+    from orchestrator.pipeline import load_splits
+
+    names = DATASETS.names() if benchmark == "all" else _csv(benchmark)
+    if not names:
+        raise UserError("--benchmark is empty; use 'all' or NAME[,NAME]")
+    specs = [resolve_dataset(n) for n in names]  # unknown names fail before any loading
+    chosen, skipped = [], []
+    for spec in specs:
+        try:
+            chosen.append(load_splits(spec, settings))
+        except DatasetUnavailable as exc:
+            if benchmark != "all":
+                raise
+            skipped.append((spec.name, str(exc)))
+    return chosen, skipped
+
+
+def run(args: argparse.Namespace, explicit_root: bool) -> int:
+    settings = _settings(args, explicit_root)
+    t0 = time.perf_counter()
+    chosen, skipped = _select(args.benchmark, settings)
+    for name, reason in skipped:
+        log.info("skipped %s: %s", name, reason)
+    store = ArtifactStore(settings.output)
+    if chosen:
+        from orchestrator.pipeline import run_benchmark
+        from orchestrator.ray_env import init_ray, shutdown_ray
+
+        resources = init_ray(args.ray_address, args.num_cpus)
+        try:
+            for splits in chosen:
+                log.info("benchmark %s: fit %s (%d), eval %s (%d)", splits.spec.name,
+                         splits.fit.split, len(splits.fit), splits.eval.split, len(splits.eval))
+                run_benchmark(splits, settings, store, resources)
+        finally:
+            shutdown_ray()
+    from orchestrator.leaderboard import leaderboard_files, write_leaderboard
+
+    _, markdown = write_leaderboard(store)
+    print("\n" + markdown)
+    if skipped:
+        print("skipped (no data):")
+        for name, reason in skipped:
+            print(f"  {name}: {reason}")
+    print(f"leaderboard: {', '.join(str(p) for p in leaderboard_files(store))}")
+    print(f"total {time.perf_counter() - t0:.1f}s")
+    if not chosen:
+        raise UserError("no benchmark has data; see the skipped list above, or pass --data-root")
+    return 0
+
+
+def _user_error_in(exc: BaseException) -> UserError | None:
+    """The UserError behind ``exc``, also when Ray wrapped it in a task error."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, UserError) and type(exc).__module__.startswith("deepclust"):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader narrates AVX probing
+    argv_list = sys.argv[1:] if argv is None else argv
+    explicit_root = any(a == "--data-root" or a.startswith("--data-root=") for a in argv_list)
+    try:
+        return run(args, explicit_root)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished stages are cached under {args.output}; rerun the same "
+              "command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        user = _user_error_in(exc)
+        if user is None:
+            raise
+        print(f"error: {user}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The method contract shared by every clustering method.
+
+A method is one file: a frozen config dataclass, what inputs it needs, and fit/predict. The
+runner (``orchestrator/pipeline.py``) hands it a :class:`FitInputs` with ground-truth labels
+removed unless the method declares ``uses_labels`` (leak guard: an unsupervised method cannot
+see labels even by accident), then scores ``predict`` on the evaluation split.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FitInputs:
+    """Everything a method may read when fitting.
+
+    Attributes:
+        embeddings: (N, D) float32 unit-norm features of the fit split.
+        num_clusters: number of clusters to find (the benchmark's class count).
+        seed: seed for every random choice the method makes.
+        neighbors: (N, kmax) int64 mined neighbour indices (self excluded), if needed.
+        labels: (N,) int64 ground truth; None unless the method ``uses_labels``.
+    """
+
+    embeddings: np.ndarray
+    num_clusters: int
+    seed: int
+    neighbors: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+
+class ClusteringMethod(abc.ABC):
+    """Base class of every registered method."""
+
+    Config: ClassVar[type]
+    needs: ClassVar[frozenset[str]] = frozenset({"embeddings"})  # subset of FitInputs fields
+    uses_labels: ClassVar[bool] = False
+    trainable: ClassVar[bool] = False  # False: fit offline in the driver, no training loop
+    # Label-free criterion a search may optimise (objective hygiene: never test accuracy).
+    objective: ClassVar[str]
+
+    def __init__(self, config: Any) -> None:
+        if not isinstance(config, self.Config):
+            raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}")
+        self.config = config
+
+    @abc.abstractmethod
+    def fit(self, inputs: FitInputs) -> dict[str, float]:
+        """Fit on the fit split; return label-free diagnostics (including ``objective``)."""
+
+    @abc.abstractmethod
+    def predict(self, embeddings: np.ndarray) -> np.ndarray:
+        """(M, D) features -> (M,) int64 cluster ids in [0, num_clusters)."""
