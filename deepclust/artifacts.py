@@ -64,8 +64,9 @@ class ArtifactStore:
 
     # --- paths -----------------------------------------------------------------------
     def embeddings_dir(self, dataset: str, split: str, backbone: str) -> Path:
-        return self.root / "artifacts" / "embeddings" / _slug(dataset) / _slug(split) / _slug(
-            backbone)
+        return (
+            self.root / "artifacts" / "embeddings" / _slug(dataset) / _slug(split) / _slug(backbone)
+        )
 
     def neighbors_dir(self, embedding_key: str, kmax: int) -> Path:
         return self.root / "artifacts" / "neighbors" / embedding_key / f"k{kmax}"
@@ -114,8 +115,14 @@ class ArtifactStore:
     def commit(tmp: Path, directory: Path, key: str, rows: int, **extra: Any) -> dict[str, Any]:
         """Write the meta into ``tmp`` and move it into place, replacing any stale artifact."""
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.suffix == ".parquet"}
-        meta = {"schema_version": SCHEMA_VERSION, "key": key, "rows": rows, "files": files,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "key": key,
+            "rows": rows,
+            "files": files,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **extra,
+        }
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2, default=str))
         if directory.exists():
             shutil.rmtree(directory)
@@ -141,11 +148,13 @@ class ArtifactStore:
     @staticmethod
     def write_neighbors(tmp: Path, nbr_idx: np.ndarray, nbr_sim: np.ndarray) -> None:
         n, k = nbr_idx.shape
-        table = pa.table({
-            "idx": np.arange(n, dtype=np.int64),
-            "nbr_idx": pa.FixedSizeListArray.from_arrays(nbr_idx.astype(np.int32).ravel(), k),
-            "nbr_sim": pa.FixedSizeListArray.from_arrays(nbr_sim.astype(np.float32).ravel(), k),
-        })
+        table = pa.table(
+            {
+                "idx": np.arange(n, dtype=np.int64),
+                "nbr_idx": pa.FixedSizeListArray.from_arrays(nbr_idx.astype(np.int32).ravel(), k),
+                "nbr_sim": pa.FixedSizeListArray.from_arrays(nbr_sim.astype(np.float32).ravel(), k),
+            }
+        )
         pq.write_table(table, tmp / "neighbors.parquet")
 
     @staticmethod
@@ -162,9 +171,15 @@ class ArtifactStore:
     def write_run(directory: Path, predictions: np.ndarray, metrics: dict[str, Any]) -> None:
         """predictions.parquet then metrics.json (the completion marker), atomically."""
         tmp = ArtifactStore.begin(directory)
-        pq.write_table(pa.table({"idx": np.arange(len(predictions), dtype=np.int64),
-                                 "cluster": predictions.astype(np.int64)}),
-                       tmp / "predictions.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    "idx": np.arange(len(predictions), dtype=np.int64),
+                    "cluster": predictions.astype(np.int64),
+                }
+            ),
+            tmp / "predictions.parquet",
+        )
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         if directory.exists():
             shutil.rmtree(directory)

@@ -67,7 +67,7 @@ def map_state_dict_by_position(
     if len(source) != len(target):
         raise ValueError(f"checkpoint has {len(source)} tensors, model expects {len(target)}")
     out: dict[str, torch.Tensor] = {}
-    for (skey, sval), (tkey, tval) in zip(source.items(), target.items()):
+    for (skey, sval), (tkey, tval) in zip(source.items(), target.items(), strict=True):
         if sval.shape != tval.shape or skey.rsplit(".", 1)[-1] != tkey.rsplit(".", 1)[-1]:
             raise ValueError(
                 f"position mismatch: {skey} {tuple(sval.shape)} -> {tkey} {tuple(tval.shape)}"
@@ -148,7 +148,9 @@ def build_backbone(
 
     spec = resolve_backbone(name)
     if weights_file is not None and not os.path.isfile(weights_file):
-        raise UserError(f"backbone weights file {weights_file} does not exist; fix --backbone-weights")
+        raise UserError(
+            f"backbone weights file {weights_file} does not exist; fix --backbone-weights"
+        )
     use_timm_weights = pretrained and spec.load_weights is None
     overlay = {"file": weights_file} if weights_file else None
     try:

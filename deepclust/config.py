@@ -36,7 +36,9 @@ def _check_type(value: Any, tp: Any) -> bool:
             return False
         if len(args) == 2 and args[1] is Ellipsis:
             return all(_check_type(v, args[0]) for v in value)
-        return len(args) == len(value) and all(_check_type(v, a) for v, a in zip(value, args))
+        return len(args) == len(value) and all(
+            _check_type(v, a) for v, a in zip(value, args, strict=True)
+        )
     if tp is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if tp is int:

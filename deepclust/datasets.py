@@ -86,9 +86,9 @@ class ImageSet:
             yield {
                 "idx": np.arange(start, stop, dtype=np.int64),
                 "label": self.labels[start:stop],
-                self.source_column: np.asarray(src) if self.pixels is not None else np.asarray(
-                    src, dtype=object
-                ),
+                self.source_column: np.asarray(src)
+                if self.pixels is not None
+                else np.asarray(src, dtype=object),
             }
 
 
@@ -170,7 +170,10 @@ def _torchvision(name: str, factory: Callable[[], object], where: Path):
     try:
         return factory()
     except (RuntimeError, FileNotFoundError, OSError) as exc:
-        if "download" in str(exc).lower() or isinstance(exc, FileNotFoundError | OSError):
+        text = str(exc).lower()
+        if any(w in text for w in ("download", "not found", "corrupt")) or not isinstance(
+            exc, RuntimeError
+        ):
             raise _missing(name, where, _TV_HOW) from exc
         raise
 
@@ -185,13 +188,27 @@ def _digits_loader(split: str, data_root: Path, download: bool) -> ImageSet:
     d = load_digits()
     # 8x8 intensities in 0..16 -> uint8 grey; the backbone's resize upsamples them.
     pixels = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
-    return _pixel_set("digits", split, pixels, d.target, [str(c) for c in range(10)],
-                      origin="sklearn.datasets.load_digits")
+    return _pixel_set(
+        "digits",
+        split,
+        pixels,
+        d.target,
+        [str(c) for c in range(10)],
+        origin="sklearn.datasets.load_digits",
+    )
 
 
-DATASETS.add("digits", DatasetSpec(
-    "digits", _digits_loader, "all", "all",
-    "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes; offline)", ("all",)))
+DATASETS.add(
+    "digits",
+    DatasetSpec(
+        "digits",
+        _digits_loader,
+        "all",
+        "all",
+        "scikit-learn's bundled 8x8 digits (1,797 images, 10 classes; offline)",
+        ("all",),
+    ),
+)
 
 
 # --- torchvision array datasets ---------------------------------------------------------
@@ -207,10 +224,19 @@ def _mnist_loader(split: str, data_root: Path, download: bool) -> ImageSet:
     from torchvision.datasets import MNIST
 
     _check_split("mnist", split, ("train", "test"))
-    ds = _torchvision("mnist", lambda: MNIST(str(data_root), train=split == "train",
-                                              download=download), data_root / "MNIST")
-    return _pixel_set("mnist", split, ds.data.numpy(), ds.targets.numpy(), ds.classes,
-                      origin=str(data_root / "MNIST"))
+    ds = _torchvision(
+        "mnist",
+        lambda: MNIST(str(data_root), train=split == "train", download=download),
+        data_root / "MNIST",
+    )
+    return _pixel_set(
+        "mnist",
+        split,
+        ds.data.numpy(),
+        ds.targets.numpy(),
+        ds.classes,
+        origin=str(data_root / "MNIST"),
+    )
 
 
 def _cifar_loader(name: str, coarse: bool = False) -> Loader:
@@ -220,10 +246,16 @@ def _cifar_loader(name: str, coarse: bool = False) -> Loader:
         _check_split(name, split, ("train", "test"))
         if name == "cifar10" and (pq_set := _cifar_parquet(name, data_root, split)) is not None:
             return pq_set
-        cls, folder = (CIFAR10, "cifar-10-batches-py") if name == "cifar10" else (
-            CIFAR100, "cifar-100-python")
-        ds = _torchvision(name, lambda: cls(str(data_root), train=split == "train",
-                                            download=download), data_root / folder)
+        cls, folder = (
+            (CIFAR10, "cifar-10-batches-py")
+            if name == "cifar10"
+            else (CIFAR100, "cifar-100-python")
+        )
+        ds = _torchvision(
+            name,
+            lambda: cls(str(data_root), train=split == "train", download=download),
+            data_root / folder,
+        )
         labels, classes = np.asarray(ds.targets), ds.classes
         if coarse:
             base = data_root / folder
@@ -240,26 +272,69 @@ def _stl10_loader(split: str, data_root: Path, download: bool) -> ImageSet:
     from torchvision.datasets import STL10
 
     _check_split("stl10", split, ("train", "test"))
-    ds = _torchvision("stl10", lambda: STL10(str(data_root), split=split, download=download),
-                      data_root / "stl10_binary")
-    return _pixel_set("stl10", split, ds.data.transpose(0, 2, 3, 1), ds.labels, ds.classes,
-                      origin=str(data_root / "stl10_binary"))
+    ds = _torchvision(
+        "stl10",
+        lambda: STL10(str(data_root), split=split, download=download),
+        data_root / "stl10_binary",
+    )
+    return _pixel_set(
+        "stl10",
+        split,
+        ds.data.transpose(0, 2, 3, 1),
+        ds.labels,
+        ds.classes,
+        origin=str(data_root / "stl10_binary"),
+    )
 
 
-DATASETS.add("mnist", DatasetSpec("mnist", _mnist_loader, "train", "test",
-                                  "MNIST (torchvision)", ("train", "test")))
-DATASETS.add("cifar10", DatasetSpec(
-    "cifar10", _cifar_loader("cifar10"), "train", "test",
-    "CIFAR-10 (torchvision layout, or {data_root}/cifar10/{train,test}.parquet)",
-    ("train", "test")))
-DATASETS.add("cifar100", DatasetSpec("cifar100", _cifar_loader("cifar100"), "train", "test",
-                                     "CIFAR-100, 100 fine classes (torchvision)",
-                                     ("train", "test")))
-DATASETS.add("cifar100_20", DatasetSpec(
-    "cifar100_20", _cifar_loader("cifar100_20", coarse=True), "train", "test",
-    "CIFAR-100 with its 20 superclasses as labels (SCAN/TEMI protocol)", ("train", "test")))
-DATASETS.add("stl10", DatasetSpec("stl10", _stl10_loader, "train", "test",
-                                  "STL-10 labelled splits (torchvision)", ("train", "test")))
+DATASETS.add(
+    "mnist",
+    DatasetSpec("mnist", _mnist_loader, "train", "test", "MNIST (torchvision)", ("train", "test")),
+)
+DATASETS.add(
+    "cifar10",
+    DatasetSpec(
+        "cifar10",
+        _cifar_loader("cifar10"),
+        "train",
+        "test",
+        "CIFAR-10 (torchvision layout, or {data_root}/cifar10/{train,test}.parquet)",
+        ("train", "test"),
+    ),
+)
+DATASETS.add(
+    "cifar100",
+    DatasetSpec(
+        "cifar100",
+        _cifar_loader("cifar100"),
+        "train",
+        "test",
+        "CIFAR-100, 100 fine classes (torchvision)",
+        ("train", "test"),
+    ),
+)
+DATASETS.add(
+    "cifar100_20",
+    DatasetSpec(
+        "cifar100_20",
+        _cifar_loader("cifar100_20", coarse=True),
+        "train",
+        "test",
+        "CIFAR-100 with its 20 superclasses as labels (SCAN/TEMI protocol)",
+        ("train", "test"),
+    ),
+)
+DATASETS.add(
+    "stl10",
+    DatasetSpec(
+        "stl10",
+        _stl10_loader,
+        "train",
+        "test",
+        "STL-10 labelled splits (torchvision)",
+        ("train", "test"),
+    ),
+)
 
 
 # --- ImageNet class subsets (SCAN / TEMI protocol) --------------------------------------
@@ -273,11 +348,19 @@ def _imagenet_subset_loader(n: int) -> Loader:
         root = data_root / "imagenet" / split
         subset_file = data_root / "imagenet_subsets" / f"imagenet_{n}.txt"
         if not root.is_dir():
-            raise _missing(name, root, "ImageNet cannot be downloaded automatically; place the "
-                           "ILSVRC2012 train/val class folders (wnid names) there")
+            raise _missing(
+                name,
+                root,
+                "ImageNet cannot be downloaded automatically; place the "
+                "ILSVRC2012 train/val class folders (wnid names) there",
+            )
         if not subset_file.is_file():
-            raise _missing(name, subset_file, f"put the list of {n} wnids (one per line, the "
-                           "class subset used by SCAN and TEMI) there")
+            raise _missing(
+                name,
+                subset_file,
+                f"put the list of {n} wnids (one per line, the "
+                "class subset used by SCAN and TEMI) there",
+            )
         wnids = [w.split()[0] for w in subset_file.read_text().splitlines() if w.strip()]
         missing = [w for w in wnids if not (root / w).is_dir()]
         if missing:
@@ -293,10 +376,18 @@ def _imagenet_subset_loader(n: int) -> Loader:
 
 
 for _n in (50, 100, 200):
-    DATASETS.add(f"imagenet{_n}", DatasetSpec(
-        f"imagenet{_n}", _imagenet_subset_loader(_n), "train", "val",
-        f"{_n}-class ImageNet subset: {{data_root}}/imagenet/{{train,val}} + "
-        f"{{data_root}}/imagenet_subsets/imagenet_{_n}.txt", ("train", "val")))
+    DATASETS.add(
+        f"imagenet{_n}",
+        DatasetSpec(
+            f"imagenet{_n}",
+            _imagenet_subset_loader(_n),
+            "train",
+            "val",
+            f"{_n}-class ImageNet subset: {{data_root}}/imagenet/{{train,val}} + "
+            f"{{data_root}}/imagenet_subsets/imagenet_{_n}.txt",
+            ("train", "val"),
+        ),
+    )
 
 
 # --- fine-grained sets (GCD benchmarks) ------------------------------------------------
@@ -306,61 +397,114 @@ def _cub_loader(split: str, data_root: Path, download: bool) -> ImageSet:
     _check_split("cub", split, ("train", "test"))
     root = data_root / "CUB_200_2011"
     if not (root / "images.txt").is_file():
-        raise _missing("cub", root, "download CUB_200_2011.tgz from the Caltech-UCSD site and "
-                       "extract it under --data-root (torchvision has no CUB loader)")
+        raise _missing(
+            "cub",
+            root,
+            "download CUB_200_2011.tgz from the Caltech-UCSD site and "
+            "extract it under --data-root (torchvision has no CUB loader)",
+        )
 
     def table(fname: str) -> dict[int, str]:
         rows = (line.split(maxsplit=1) for line in (root / fname).read_text().splitlines())
         return {int(k): v.strip() for k, v in rows}
 
-    images, labels, is_train = (table(f) for f in
-                                ("images.txt", "image_class_labels.txt", "train_test_split.txt"))
+    images, labels, is_train = (
+        table(f) for f in ("images.txt", "image_class_labels.txt", "train_test_split.txt")
+    )
     classes = [v for _, v in sorted(table("classes.txt").items())]
     want = "1" if split == "train" else "0"
     ids = [i for i in sorted(images) if is_train[i] == want]
-    return _path_set("cub", split, [root / "images" / images[i] for i in ids],
-                     [int(labels[i]) - 1 for i in ids], classes, origin=str(root))
+    return _path_set(
+        "cub",
+        split,
+        [root / "images" / images[i] for i in ids],
+        [int(labels[i]) - 1 for i in ids],
+        classes,
+        origin=str(root),
+    )
 
 
 def _scars_loader(split: str, data_root: Path, download: bool) -> ImageSet:
     from torchvision.datasets import StanfordCars
 
     _check_split("scars", split, ("train", "test"))
-    ds = _torchvision("scars", lambda: StanfordCars(str(data_root), split=split,
-                                                     download=download),
-                      data_root / "stanford_cars")
+    ds = _torchvision(
+        "scars",
+        lambda: StanfordCars(str(data_root), split=split, download=download),
+        data_root / "stanford_cars",
+    )
     paths, labels = zip(*ds._samples, strict=True) if ds._samples else ((), ())
-    return _path_set("scars", split, paths, labels, ds.classes,
-                     origin=str(data_root / "stanford_cars"))
+    return _path_set(
+        "scars", split, paths, labels, ds.classes, origin=str(data_root / "stanford_cars")
+    )
 
 
 def _aircraft_loader(split: str, data_root: Path, download: bool) -> ImageSet:
     from torchvision.datasets import FGVCAircraft
 
     _check_split("aircraft", split, ("trainval", "test"))
-    ds = _torchvision("aircraft", lambda: FGVCAircraft(str(data_root), split=split,
-                                                        annotation_level="variant",
-                                                        download=download),
-                      data_root / "fgvc-aircraft-2013b")
-    return _path_set("aircraft", split, ds._image_files, ds._labels, ds.classes,
-                     origin=str(data_root / "fgvc-aircraft-2013b"))
+    ds = _torchvision(
+        "aircraft",
+        lambda: FGVCAircraft(
+            str(data_root), split=split, annotation_level="variant", download=download
+        ),
+        data_root / "fgvc-aircraft-2013b",
+    )
+    return _path_set(
+        "aircraft",
+        split,
+        ds._image_files,
+        ds._labels,
+        ds.classes,
+        origin=str(data_root / "fgvc-aircraft-2013b"),
+    )
 
 
-DATASETS.add("cub", DatasetSpec("cub", _cub_loader, "train", "test",
-                                "CUB-200-2011 birds ({data_root}/CUB_200_2011)",
-                                ("train", "test")))
-DATASETS.add("scars", DatasetSpec("scars", _scars_loader, "train", "test",
-                                  "Stanford Cars (torchvision layout)", ("train", "test")))
-DATASETS.add("aircraft", DatasetSpec("aircraft", _aircraft_loader, "trainval", "test",
-                                     "FGVC-Aircraft, 100 variants (torchvision)",
-                                     ("trainval", "test")))
+DATASETS.add(
+    "cub",
+    DatasetSpec(
+        "cub",
+        _cub_loader,
+        "train",
+        "test",
+        "CUB-200-2011 birds ({data_root}/CUB_200_2011)",
+        ("train", "test"),
+    ),
+)
+DATASETS.add(
+    "scars",
+    DatasetSpec(
+        "scars",
+        _scars_loader,
+        "train",
+        "test",
+        "Stanford Cars (torchvision layout)",
+        ("train", "test"),
+    ),
+)
+DATASETS.add(
+    "aircraft",
+    DatasetSpec(
+        "aircraft",
+        _aircraft_loader,
+        "trainval",
+        "test",
+        "FGVC-Aircraft, 100 variants (torchvision)",
+        ("trainval", "test"),
+    ),
+)
 
 
 # --- generic parquet / folder ------------------------------------------------------------
 
 
-def load_parquet(path: Path, name: str | None = None, split: str = "all",
-                 image_column: str | None = None, label_column: str = "label") -> ImageSet:
+def load_parquet(
+    path: Path,
+    name: str | None = None,
+    split: str = "all",
+    image_column: str | None = None,
+    label_column: str = "label",
+) -> ImageSet:
     """A parquet file, or folder of shards, with a binary image column and an int label column.
 
     The image column is ``image_column`` or the only binary column. Class names come from the
@@ -368,8 +512,11 @@ def load_parquet(path: Path, name: str | None = None, split: str = "all",
     """
     path = Path(path)
     if not path.exists():
-        raise _missing(name or f"parquet:{path}", path, "check the path (a .parquet file or a "
-                       "folder of .parquet shards)")
+        raise _missing(
+            name or f"parquet:{path}",
+            path,
+            "check the path (a .parquet file or a folder of .parquet shards)",
+        )
     files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
     if not files:
         raise _missing(name or f"parquet:{path}", path, "the folder holds no .parquet files")
@@ -377,17 +524,25 @@ def load_parquet(path: Path, name: str | None = None, split: str = "all",
         table = pa.concat_tables(pq.read_table(f) for f in files)
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"cannot read parquet at {path}: {str(exc).splitlines()[0]}") from exc
-    binary = [f.name for f in table.schema if pa.types.is_binary(f.type)
-              or pa.types.is_large_binary(f.type)]
+    binary = [
+        f.name
+        for f in table.schema
+        if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)
+    ]
     image_column = image_column or (binary[0] if len(binary) == 1 else None)
     if image_column not in table.column_names or label_column not in table.column_names:
-        raise UserError(f"{path} needs one binary image column and an integer '{label_column}' "
-                        f"column; found {table.schema.names}")
+        raise UserError(
+            f"{path} needs one binary image column and an integer '{label_column}' "
+            f"column; found {table.schema.names}"
+        )
     labels = table.column(label_column).to_numpy().astype(np.int64)
     meta = table.schema.metadata or {}
     classes = meta.get(b"classes", b"").decode()
-    class_names = tuple(c.strip() for c in classes.split(",")) if classes else tuple(
-        str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0))
+    class_names = (
+        tuple(c.strip() for c in classes.split(","))
+        if classes
+        else tuple(str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0))
+    )
     return ImageSet(
         name=name or f"parquet:{path}",
         split=split,
@@ -403,12 +558,14 @@ def load_parquet(path: Path, name: str | None = None, split: str = "all",
 def _parquet_spec(path: Path) -> DatasetSpec:
     split_files = {s: path / f"{s}.parquet" for s in ("train", "test")}
     if path.is_dir() and all(f.is_file() for f in split_files.values()):
+
         def load(split: str, data_root: Path, download: bool) -> ImageSet:
             _check_split(f"parquet:{path}", split, ("train", "test"))
             return load_parquet(split_files[split], name=f"parquet:{path}", split=split)
 
-        return DatasetSpec(f"parquet:{path}", load, "train", "test", f"parquet shards at {path}",
-                           ("train", "test"))
+        return DatasetSpec(
+            f"parquet:{path}", load, "train", "test", f"parquet shards at {path}", ("train", "test")
+        )
 
     def load_all(split: str, data_root: Path, download: bool) -> ImageSet:
         _check_split(f"parquet:{path}", split, ("all",))
@@ -435,12 +592,14 @@ def _folder_spec(root: Path) -> DatasetSpec:
     name = f"folder:{root}"
     eval_dir = next((d for d in ("val", "test") if (root / d).is_dir()), None)
     if (root / "train").is_dir() and eval_dir:
+
         def load(split: str, data_root: Path, download: bool) -> ImageSet:
             _check_split(name, split, ("train", eval_dir))
             return load_folder(root / split, name, split)
 
-        return DatasetSpec(name, load, "train", eval_dir, f"image folders at {root}",
-                           ("train", eval_dir))
+        return DatasetSpec(
+            name, load, "train", eval_dir, f"image folders at {root}", ("train", eval_dir)
+        )
 
     def load_all(split: str, data_root: Path, download: bool) -> ImageSet:
         _check_split(name, split, ("all",))
@@ -453,7 +612,7 @@ def resolve_dataset(name: str) -> DatasetSpec:
     """A registered benchmark, or ``parquet:<path>`` / ``folder:<path>``."""
     for prefix, build in (("parquet:", _parquet_spec), ("folder:", _folder_spec)):
         if name.startswith(prefix):
-            path = Path(os.path.expanduser(name[len(prefix):]))
+            path = Path(os.path.expanduser(name[len(prefix) :]))
             if not path.exists():
                 raise DatasetUnavailable(f"dataset '{name}' not found: {path} does not exist")
             return build(path)

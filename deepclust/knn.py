@@ -44,8 +44,10 @@ def resolve_backend(backend: str) -> tuple[str, str]:
     cuda = torch.cuda.is_available()
     if backend == "faiss":
         if faiss is None:
-            raise UserError("knn backend 'faiss' needs faiss: pip install faiss-cpu "
-                            "(or the 'gpu' extra), or use --knn-backend torch")
+            raise UserError(
+                "knn backend 'faiss' needs faiss: pip install faiss-cpu "
+                "(or the 'gpu' extra), or use --knn-backend torch"
+            )
         return "faiss", "cuda" if faiss_gpu else "cpu"
     if backend == "torch":
         return "torch", "cuda" if cuda else "cpu"
@@ -85,6 +87,17 @@ def _faiss_search(device: str, db: np.ndarray) -> Callable[[np.ndarray, int], tu
     return search
 
 
+def check_k(n: int, k: int, exclude_self: bool = True) -> None:
+    """Raise a UserError unless 1 <= k <= N - 1 (self excluded) or N."""
+    limit = n - 1 if exclude_self else n
+    if k < 1 or k > limit:
+        what = "N - 1 (self is excluded)" if exclude_self else "N"
+        raise UserError(
+            f"k={k} is out of range: need 1 <= k <= {what} = {limit} for N={n} "
+            "images; lower --kmax/k"
+        )
+
+
 def _drop_self(ids: np.ndarray, sims: np.ndarray, qids: np.ndarray, k: int) -> tuple:
     """Remove each query's own id if present, else the last candidate; keep k per row."""
     is_self = ids == qids[:, None]
@@ -119,11 +132,7 @@ def knn_search(
         ``(indices (nq, k) int64, similarities (nq, k) float32)``, sorted by similarity desc.
     """
     n = len(database)
-    limit = n - 1 if query_ids is not None else n
-    if k < 1 or k > limit:
-        what = "N - 1 (self is excluded)" if query_ids is not None else "N"
-        raise UserError(f"k={k} is out of range: need 1 <= k <= {what} = {limit} for N={n} "
-                        "images; lower --kmax/k")
+    check_k(n, k, exclude_self=query_ids is not None)
     if normalize:
         queries, database = l2_normalize(queries), l2_normalize(database)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -167,5 +176,4 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple:
 def neighbor_precision(labels: np.ndarray, nbr_idx: np.ndarray, ks=(1, 5, 10, 20, 50)) -> dict:
     """Fraction of the first k neighbours sharing the anchor's label, for each k <= kmax."""
     agree = labels[nbr_idx] == labels[:, None]
-    return {f"nbr_precision@{k}": float(agree[:, :k].mean()) for k in ks
-            if k <= nbr_idx.shape[1]}
+    return {f"nbr_precision@{k}": float(agree[:, :k].mean()) for k in ks if k <= nbr_idx.shape[1]}

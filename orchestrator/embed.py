@@ -21,12 +21,12 @@ import ray.data as rd
 from ray.data.extensions import ArrowTensorArray
 
 from deepclust.artifacts import ArtifactStore, Embeddings, stable_key
-from deepclust.backbones import backbone_preprocess, weights_fingerprint
+from deepclust.backbones import backbone_preprocess, build_backbone, weights_fingerprint
 from deepclust.datasets import ImageSet
 from deepclust.embedder import Embedder
 from deepclust.errors import UserError
 from deepclust.preprocess import decode_batch
-from orchestrator.ray_env import ClusterResources
+from orchestrator.ray_env import ClusterResources, RaySession
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +41,17 @@ class EmbedOptions:
 
 
 def embedding_key(imageset: ImageSet, opts: EmbedOptions) -> str:
-    return stable_key({
-        "dataset": imageset.name,
-        "split": imageset.split,
-        "content": imageset.fingerprint,
-        "rows": len(imageset),
-        "backbone": opts.backbone,
-        "weights": weights_fingerprint(opts.weights_file),
-        "preprocess": dataclasses.asdict(backbone_preprocess(opts.backbone)),
-    })
+    return stable_key(
+        {
+            "dataset": imageset.name,
+            "split": imageset.split,
+            "content": imageset.fingerprint,
+            "rows": len(imageset),
+            "backbone": opts.backbone,
+            "weights": weights_fingerprint(opts.weights_file),
+            "preprocess": dataclasses.asdict(backbone_preprocess(opts.backbone)),
+        }
+    )
 
 
 def _source_dataset(imageset: ImageSet) -> rd.Dataset:
@@ -61,9 +63,15 @@ def _source_dataset(imageset: ImageSet) -> rd.Dataset:
             src = ArrowTensorArray.from_numpy(np.ascontiguousarray(src))
         elif imageset.paths is not None:
             src = pa.array(src, type=pa.string())
-        tables.append(pa.table({"idx": np.arange(start, stop, dtype=np.int64),
-                                "label": imageset.labels[start:stop],
-                                imageset.source_column: src}))
+        tables.append(
+            pa.table(
+                {
+                    "idx": np.arange(start, stop, dtype=np.int64),
+                    "label": imageset.labels[start:stop],
+                    imageset.source_column: src,
+                }
+            )
+        )
     return rd.from_arrow(tables)
 
 
@@ -75,15 +83,19 @@ def _report_bad_images(directory: Path, imageset: ImageSet) -> None:
         return
     idx = table.column("idx").to_numpy()[bad]
     order = np.argsort(idx)
-    shown = "; ".join(f"idx {idx[i]} ({imageset.describe(int(idx[i]))}: {errors[bad[i]]})"
-                      for i in order[:3])
+    shown = "; ".join(
+        f"idx {idx[i]} ({imageset.describe(int(idx[i]))}: {errors[bad[i]]})" for i in order[:3]
+    )
     more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-    raise UserError(f"{len(bad)} unreadable image(s) in {imageset.name}/{imageset.split}: "
-                    f"{shown}{more}; fix or remove them and rerun")
+    raise UserError(
+        f"{len(bad)} unreadable image(s) in {imageset.name}/{imageset.split}: "
+        f"{shown}{more}; fix or remove them and rerun"
+    )
 
 
-def ensure_embeddings(imageset: ImageSet, opts: EmbedOptions, store: ArtifactStore,
-                      resources: ClusterResources) -> Embeddings:
+def ensure_embeddings(
+    imageset: ImageSet, opts: EmbedOptions, store: ArtifactStore, ray_session: RaySession
+) -> Embeddings:
     """Return the split's embeddings, computing them on Ray Data unless cached."""
     key = embedding_key(imageset, opts)
     directory = store.embeddings_dir(imageset.name, imageset.split, opts.backbone)
@@ -93,32 +105,44 @@ def ensure_embeddings(imageset: ImageSet, opts: EmbedOptions, store: ArtifactSto
         return store.read_embeddings(directory)
     if directory.exists():
         log.warning("embeddings %s/%s: rebuilding (%s)", imageset.name, imageset.split, reason)
+    # Build the backbone once in the driver before any actor starts: a missing weights file or
+    # an unreachable hub fails here as one clean line instead of as a dying Ray actor (and
+    # the hub download lands in this node's cache).
+    build_backbone(opts.backbone, opts.weights_file)
     tmp = store.begin(directory)
     t0 = time.perf_counter()
     try:
-        _run_pipeline(imageset, opts, resources, tmp)
+        _run_pipeline(imageset, opts, ray_session.resources(), tmp)
         _report_bad_images(tmp, imageset)
         n = sum(pq.ParquetFile(p).metadata.num_rows for p in tmp.glob("*.parquet"))
         if n != len(imageset):
             raise RuntimeError(f"embedding stage wrote {n} rows for {len(imageset)} images")
         seconds = time.perf_counter() - t0
-        store.commit(tmp, directory, key, rows=n, dataset=imageset.name, split=imageset.split,
-                     backbone=opts.backbone, seconds=round(seconds, 2))
+        store.commit(
+            tmp,
+            directory,
+            key,
+            rows=n,
+            dataset=imageset.name,
+            split=imageset.split,
+            backbone=opts.backbone,
+            seconds=round(seconds, 2),
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("embeddings %s/%s: %d images in %.1fs", imageset.name, imageset.split, n, seconds)
     return store.read_embeddings(directory)
 
 
-def _run_pipeline(imageset: ImageSet, opts: EmbedOptions, res: ClusterResources,
-                  out_dir: Path) -> None:
+def _run_pipeline(
+    imageset: ImageSet, opts: EmbedOptions, res: ClusterResources, out_dir: Path
+) -> None:
     pp = backbone_preprocess(opts.backbone)
     ctor = {"backbone": opts.backbone, "weights_file": opts.weights_file}
     if res.gpus:
         # One actor per GPU; decode stays on separate CPU tasks (different resource asks keep
         # the operators unfused, so decode and the forward pass stream concurrently).
-        embed_args = {"num_gpus": 1, "num_cpus": 1,
-                      "compute": rd.ActorPoolStrategy(size=res.gpus)}
+        embed_args = {"num_gpus": 1, "num_cpus": 1, "compute": rd.ActorPoolStrategy(size=res.gpus)}
     else:
         # CPU-only: actors reserve one CPU each but run torch on a larger thread budget
         # (Ray pins OMP threads to the reservation, which would leave cores idle).
@@ -126,7 +150,9 @@ def _run_pipeline(imageset: ImageSet, opts: EmbedOptions, res: ClusterResources,
         ctor["num_threads"] = max(1, res.cpus // pool)
         embed_args = {"num_cpus": 1, "compute": rd.ActorPoolStrategy(size=pool)}
     ds = _source_dataset(imageset).map_batches(
-        decode_batch, fn_kwargs={"preprocess": pp}, batch_size=opts.batch_size, num_cpus=1)
-    ds = ds.map_batches(Embedder, fn_constructor_kwargs=ctor, batch_size=opts.batch_size,
-                        **embed_args)
+        decode_batch, fn_kwargs={"preprocess": pp}, batch_size=opts.batch_size, num_cpus=1
+    )
+    ds = ds.map_batches(
+        Embedder, fn_constructor_kwargs=ctor, batch_size=opts.batch_size, **embed_args
+    )
     ds.write_parquet(str(out_dir), min_rows_per_file=8192)

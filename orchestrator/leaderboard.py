@@ -52,17 +52,37 @@ def build_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    cols = ["benchmark", "backbone", "method", "seeds", "ACC", "NMI", "ARI", "kNN prec@20",
-            "objective"]
+    cols = [
+        "benchmark",
+        "backbone",
+        "method",
+        "seeds",
+        "ACC",
+        "NMI",
+        "ARI",
+        "kNN prec@20",
+        "objective",
+    ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in table.iterrows():
-        def fmt(m: str) -> str:
-            return f"{100 * r[m]:.2f} ± {100 * r[m + '_std']:.2f}" if r["seeds"] > 1 else \
-                f"{100 * r[m]:.2f}"
+
+        def fmt(m: str, r=r) -> str:
+            if r["seeds"] > 1:
+                return f"{100 * r[m]:.2f} ± {100 * r[m + '_std']:.2f}"
+            return f"{100 * r[m]:.2f}"
+
         prec = r.get("nbr_precision@20", np.nan)
-        cells = [r["benchmark"], r["backbone"], r["method"], str(r["seeds"]), fmt("acc"),
-                 fmt("nmi"), fmt("ari"), "-" if pd.isna(prec) else f"{100 * prec:.2f}",
-                 r["objective"]]
+        cells = [
+            r["benchmark"],
+            r["backbone"],
+            r["method"],
+            str(r["seeds"]),
+            fmt("acc"),
+            fmt("nmi"),
+            fmt("ari"),
+            "-" if pd.isna(prec) else f"{100 * prec:.2f}",
+            r["objective"],
+        ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -75,7 +95,8 @@ def write_leaderboard(store: ArtifactStore) -> tuple[pd.DataFrame, str]:
     store.leaderboard_path("md").write_text(markdown)
     table.to_csv(store.leaderboard_path("csv"), index=False)
     store.leaderboard_path("json").write_text(
-        json.dumps(table.to_dict(orient="records"), indent=2, default=str))
+        json.dumps(table.to_dict(orient="records"), indent=2, default=str)
+    )
     return table, markdown
 
 

@@ -20,7 +20,7 @@ from deepclust.datasets import DatasetSpec, ImageSet
 from deepclust.metrics import clustering_metrics
 from orchestrator.embed import EmbedOptions, ensure_embeddings
 from orchestrator.mine import ensure_neighbors
-from orchestrator.ray_env import ClusterResources
+from orchestrator.ray_env import RaySession
 from trainables.methods import METHODS, FitInputs
 
 log = logging.getLogger(__name__)
@@ -55,20 +55,37 @@ class BenchmarkSplits:
 def load_splits(spec: DatasetSpec, settings: SweepSettings) -> BenchmarkSplits:
     """Load the fit and eval splits (raises DatasetUnavailable when the data is missing)."""
     fit = spec.load(spec.fit_split, settings.data_root, settings.download)
-    ev = fit if spec.eval_split == spec.fit_split else spec.load(
-        spec.eval_split, settings.data_root, settings.download)
+    ev = (
+        fit
+        if spec.eval_split == spec.fit_split
+        else spec.load(spec.eval_split, settings.data_root, settings.download)
+    )
     return BenchmarkSplits(spec, fit, ev)
 
 
-def _run_one(method_name: str, seed: int, splits: BenchmarkSplits, fit_emb: Embeddings,
-             eval_emb: Embeddings, neighbors: tuple[np.ndarray, dict] | None,
-             settings: SweepSettings, store: ArtifactStore) -> dict[str, Any]:
+def _run_one(
+    method_name: str,
+    seed: int,
+    splits: BenchmarkSplits,
+    fit_emb: Embeddings,
+    eval_emb: Embeddings,
+    neighbors: tuple[np.ndarray, dict] | None,
+    settings: SweepSettings,
+    store: ArtifactStore,
+) -> dict[str, Any]:
     method_cls = METHODS.get(method_name)
     config = method_cls.Config()
     config_dict = to_dict(config)
-    key = stable_key({"fit": fit_emb.meta["key"], "eval": eval_emb.meta["key"],
-                      "method": method_name, "config": config_dict, "seed": seed,
-                      "neighbors": neighbors[1]["key"] if neighbors else None})
+    key = stable_key(
+        {
+            "fit": fit_emb.meta["key"],
+            "eval": eval_emb.meta["key"],
+            "method": method_name,
+            "config": config_dict,
+            "seed": seed,
+            "neighbors": neighbors[1]["key"] if neighbors else None,
+        }
+    )
     run_dir = store.run_dir(splits.fit.name, settings.backbone, method_name, seed)
     previous = store.read_run(run_dir)
     if previous is not None and previous.get("key") == key:
@@ -107,20 +124,38 @@ def _run_one(method_name: str, seed: int, splits: BenchmarkSplits, fit_emb: Embe
         "seconds": round(time.perf_counter() - t0, 2),
     }
     store.write_run(run_dir, predictions, result)
-    log.info("%s/%s seed %d: acc=%.4f nmi=%.4f ari=%.4f", splits.fit.name, method_name, seed,
-             metrics["acc"], metrics["nmi"], metrics["ari"])
+    log.info(
+        "%s/%s seed %d: acc=%.4f nmi=%.4f ari=%.4f",
+        splits.fit.name,
+        method_name,
+        seed,
+        metrics["acc"],
+        metrics["nmi"],
+        metrics["ari"],
+    )
     return result
 
 
-def run_benchmark(splits: BenchmarkSplits, settings: SweepSettings, store: ArtifactStore,
-                  resources: ClusterResources) -> list[dict[str, Any]]:
+def run_benchmark(
+    splits: BenchmarkSplits,
+    settings: SweepSettings,
+    store: ArtifactStore,
+    ray_session: RaySession,
+) -> list[dict[str, Any]]:
     """Embed, mine and run every requested method x seed on one benchmark."""
     opts = EmbedOptions(settings.backbone, settings.weights_file, settings.batch_size)
-    fit_emb = ensure_embeddings(splits.fit, opts, store, resources)
-    eval_emb = fit_emb if splits.eval is splits.fit else ensure_embeddings(
-        splits.eval, opts, store, resources)
+    fit_emb = ensure_embeddings(splits.fit, opts, store, ray_session)
+    eval_emb = (
+        fit_emb
+        if splits.eval is splits.fit
+        else ensure_embeddings(splits.eval, opts, store, ray_session)
+    )
     kmax = settings.kmax or min(DEFAULT_KMAX, len(fit_emb.labels) - 1)
-    neighbors = ensure_neighbors(fit_emb, kmax, store, resources, settings.knn_backend,
-                                 settings.knn_shards)
-    return [_run_one(m, seed, splits, fit_emb, eval_emb, neighbors, settings, store)
-            for m in settings.methods for seed in settings.seeds]
+    neighbors = ensure_neighbors(
+        fit_emb, kmax, store, ray_session, settings.knn_backend, settings.knn_shards
+    )
+    return [
+        _run_one(m, seed, splits, fit_emb, eval_emb, neighbors, settings, store)
+        for m in settings.methods
+        for seed in settings.seeds
+    ]

@@ -38,3 +38,21 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> Cluster
 def shutdown_ray() -> None:
     if ray.is_initialized():
         ray.shutdown()
+
+
+class RaySession:
+    """Ray started on first need: a fully cached sweep never pays for ``ray.init``."""
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+        self._address, self._num_cpus = address, num_cpus
+        self._resources: ClusterResources | None = None
+
+    def resources(self) -> ClusterResources:
+        if self._resources is None:
+            self._resources = init_ray(self._address, self._num_cpus)
+        return self._resources
+
+    def close(self) -> None:
+        if self._resources is not None:
+            shutdown_ray()
+            self._resources = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -36,31 +37,60 @@ def _csv(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m orchestrator.sweep",
-        description="Embed, mine neighbours, cluster and rank methods across benchmarks.")
-    p.add_argument("--benchmark", default="all",
-                   help="'all' (every benchmark whose data is present), or NAME[,NAME]: "
-                        f"{', '.join(DATASETS.names())}, parquet:<path>, folder:<path>")
-    p.add_argument("--methods", default=",".join(METHODS.names()),
-                   help=f"METHOD[,METHOD] (default: all registered: {', '.join(METHODS.names())})")
-    p.add_argument("--data-root", default=os.environ.get("UNIC_DATA_ROOT", "data"),
-                   help="folder holding the standard datasets (default: $UNIC_DATA_ROOT or ./data)")
-    p.add_argument("--download", action="store_true",
-                   help="let torchvision download missing standard datasets (needs internet)")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                   help=f"registered backbone or any timm name with tag (default: {DEFAULT_BACKBONE}, "
-                        "offline)")
-    p.add_argument("--backbone-weights", default=None,
-                   help="local weights file for a timm backbone (air-gapped machines)")
-    p.add_argument("--output", default="results", help="artifacts, runs and leaderboard (default: ./results)")
+        description="Embed, mine neighbours, cluster and rank methods across benchmarks.",
+    )
+    p.add_argument(
+        "--benchmark",
+        default="all",
+        help="'all' (every benchmark whose data is present), or NAME[,NAME]: "
+        f"{', '.join(DATASETS.names())}, parquet:<path>, folder:<path>",
+    )
+    p.add_argument(
+        "--methods",
+        default=",".join(METHODS.names()),
+        help=f"METHOD[,METHOD] (default: all registered: {', '.join(METHODS.names())})",
+    )
+    p.add_argument(
+        "--data-root",
+        default=os.environ.get("UNIC_DATA_ROOT", "data"),
+        help="folder holding the standard datasets (default: $UNIC_DATA_ROOT or ./data)",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="let torchvision download missing standard datasets (needs internet)",
+    )
+    p.add_argument(
+        "--backbone",
+        default=DEFAULT_BACKBONE,
+        help=f"registered backbone or any timm name with tag (default: {DEFAULT_BACKBONE}, "
+        "offline)",
+    )
+    p.add_argument(
+        "--backbone-weights",
+        default=None,
+        help="local weights file for a timm backbone (air-gapped machines)",
+    )
+    p.add_argument(
+        "--output", default="results", help="artifacts, runs and leaderboard (default: ./results)"
+    )
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
-    p.add_argument("--kmax", type=int, default=None,
-                   help="neighbours mined per image (default: min(50, N-1))")
+    p.add_argument(
+        "--kmax", type=int, default=None, help="neighbours mined per image (default: min(50, N-1))"
+    )
     p.add_argument("--knn-backend", default="auto", choices=BACKENDS)
-    p.add_argument("--knn-shards", type=int, default=0,
-                   help="Ray tasks the kNN queries are split over (default: one per GPU, else 1)")
+    p.add_argument(
+        "--knn-shards",
+        type=int,
+        default=0,
+        help="Ray tasks the kNN queries are split over (default: one per GPU, else 1)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="images per embedding batch")
-    p.add_argument("--ray-address", default=None,
-                   help="join this Ray cluster (default: $RAY_ADDRESS, else start a local one)")
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="join this Ray cluster (default: $RAY_ADDRESS, else start a local one)",
+    )
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -92,11 +122,19 @@ def _settings(args: argparse.Namespace, explicit_root: bool):
         raise UserError(f"--kmax must be >= 1, got {args.kmax}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    return SweepSettings(data_root=data_root, download=args.download, output=Path(args.output),
-                         backbone=args.backbone, weights_file=args.backbone_weights,
-                         methods=methods, seeds=_parse_seeds(args.seeds), kmax=args.kmax,
-                         knn_backend=args.knn_backend, knn_shards=args.knn_shards,
-                         batch_size=args.batch_size)
+    return SweepSettings(
+        data_root=data_root,
+        download=args.download,
+        output=Path(args.output),
+        backbone=args.backbone,
+        weights_file=args.backbone_weights,
+        methods=methods,
+        seeds=_parse_seeds(args.seeds),
+        kmax=args.kmax,
+        knn_backend=args.knn_backend,
+        knn_shards=args.knn_shards,
+        batch_size=args.batch_size,
+    )
 
 
 def _select(benchmark: str, settings) -> tuple[list, list[tuple[str, str]]]:
@@ -128,16 +166,22 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
     store = ArtifactStore(settings.output)
     if chosen:
         from orchestrator.pipeline import run_benchmark
-        from orchestrator.ray_env import init_ray, shutdown_ray
+        from orchestrator.ray_env import RaySession
 
-        resources = init_ray(args.ray_address, args.num_cpus)
+        ray_session = RaySession(args.ray_address, args.num_cpus)
         try:
             for splits in chosen:
-                log.info("benchmark %s: fit %s (%d), eval %s (%d)", splits.spec.name,
-                         splits.fit.split, len(splits.fit), splits.eval.split, len(splits.eval))
-                run_benchmark(splits, settings, store, resources)
+                log.info(
+                    "benchmark %s: fit %s (%d), eval %s (%d)",
+                    splits.spec.name,
+                    splits.fit.split,
+                    len(splits.fit),
+                    splits.eval.split,
+                    len(splits.eval),
+                )
+                run_benchmark(splits, settings, store, ray_session)
         finally:
-            shutdown_ray()
+            ray_session.close()
     from orchestrator.leaderboard import leaderboard_files, write_leaderboard
 
     _, markdown = write_leaderboard(store)
@@ -153,13 +197,20 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
     return 0
 
 
-def _user_error_in(exc: BaseException) -> UserError | None:
-    """The UserError behind ``exc``, also when Ray wrapped it in a task error."""
+_REMOTE_USER_ERROR = re.compile(r"deepclust\.errors\.\w+: (.+)")
+
+
+def _user_error_in(exc: BaseException) -> str | None:
+    """The message of the UserError behind ``exc``, also when Ray wrapped it (a task error
+    keeps the cause object; a dead actor keeps only its text)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, UserError) and type(exc).__module__.startswith("deepclust"):
-            return exc
+            return str(exc)
+        match = _REMOTE_USER_ERROR.search(str(exc))
+        if match:
+            return match.group(1).strip()
         exc = getattr(exc, "cause", None) or exc.__cause__
     return None
 
@@ -167,22 +218,28 @@ def _user_error_in(exc: BaseException) -> UserError | None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader narrates AVX probing
     argv_list = sys.argv[1:] if argv is None else argv
     explicit_root = any(a == "--data-root" or a.startswith("--data-root=") for a in argv_list)
     try:
         return run(args, explicit_root)
     except KeyboardInterrupt:
-        print(f"interrupted: finished stages are cached under {args.output}; rerun the same "
-              "command to resume", file=sys.stderr)
+        print(
+            f"interrupted: finished stages are cached under {args.output}; rerun the same "
+            "command to resume",
+            file=sys.stderr,
+        )
         return 130
     except Exception as exc:
-        user = _user_error_in(exc)
-        if user is None:
+        message = _user_error_in(exc)
+        if message is None:
             raise
-        print(f"error: {user}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny image datasets written to disk, the shared CIFAR-10 folder, Ray."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def make_images(n: int, seed: int = 0, size: int = 24) -> tuple[list[bytes], np.ndarray]:
+    """n PNG images of two visually distinct classes (warm blobs vs cool stripes) + labels."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], np.arange(n) % 2
+    for label in labels:
+        arr = rng.integers(0, 40, size=(size, size, 3)).astype(np.uint8)
+        if label == 0:
+            arr[4:-4, 4:-4, 0] = 220
+        else:
+            arr[:, ::4, 2] = 230
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        images.append(buf.getvalue())
+    return images, labels
+
+
+def write_image_parquet(path: Path, images: list[bytes], labels: np.ndarray) -> Path:
+    table = pa.table(
+        {"image": pa.array(images, type=pa.binary()), "label": pa.array(labels, type=pa.int16())}
+    )
+    table = table.replace_schema_metadata({"classes": "warm,cool"})
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.fixture
+def tiny_parquet(tmp_path: Path) -> Path:
+    images, labels = make_images(24)
+    return write_image_parquet(tmp_path / "tiny.parquet", images, labels)
+
+
+@pytest.fixture
+def corrupt_parquet(tmp_path: Path) -> Path:
+    images, labels = make_images(12)
+    images[5] = b"definitely not an image"
+    images[7] = images[7][:40]  # truncated PNG
+    return write_image_parquet(tmp_path / "corrupt.parquet", images, labels)
+
+
+@pytest.fixture
+def cifar10_dir() -> Path:
+    path = SHARED_DATA / "cifar10"
+    if not (path / "test.parquet").is_file():
+        pytest.skip(f"needs the shared CIFAR-10 parquet at {path} (absent on a fresh clone)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole session (ray.init costs ~6 s on 2 cores)."""
+    pytest.importorskip("ray")
+    from orchestrator.ray_env import RaySession
+
+    session = RaySession(num_cpus=2)
+    session.resources()
+    yield session
+    session.close()

@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+
+from deepclust.metrics import clustering_metrics, contingency, hungarian_acc
+
+
+def test_permuted_labels_score_perfectly():
+    y = np.repeat(np.arange(5), 20)
+    perm = np.array([3, 0, 4, 1, 2])
+    m = clustering_metrics(y, perm[y])
+    assert m == pytest.approx({"acc": 1.0, "nmi": 1.0, "ari": 1.0})
+
+
+def test_hungarian_matches_a_brute_force_over_permutations():
+    from itertools import permutations
+
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 4, 60), rng.integers(0, 4, 60)
+    best = max(np.mean(np.array(perm)[p] == y) for perm in permutations(range(4)))
+    assert hungarian_acc(y, p) == pytest.approx(best)
+
+
+def test_surplus_clusters_count_as_errors():
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0, 1, 2, 3])  # 4 clusters for 2 classes: at most 2 points matched
+    assert hungarian_acc(y, p) == 0.5
+
+
+def test_contingency_shape_and_counts():
+    t = contingency(np.array([0, 1, 1]), np.array([2, 2, 0]))
+    assert t.shape == (3, 2) and t.sum() == 3 and t[2, 0] == 1 and t[2, 1] == 1
+
+
+def test_mismatched_shapes_raise():
+    with pytest.raises(ValueError, match="shape mismatch"):
+        hungarian_acc(np.zeros(3, int), np.zeros(4, int))

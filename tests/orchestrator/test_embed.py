@@ -1,0 +1,76 @@
+"""The Ray Data embedding stage on tiny on-disk datasets (one local Ray per session)."""
+
+import numpy as np
+import pytest
+
+from deepclust.artifacts import ArtifactStore
+from deepclust.datasets import resolve_dataset
+from deepclust.embedder import Embedder
+from deepclust.errors import UserError
+from orchestrator import embed as embed_mod
+from orchestrator.embed import EmbedOptions, ensure_embeddings
+
+pytestmark = pytest.mark.ray
+OPTS = EmbedOptions("efficientnet_lite0", batch_size=8)
+
+
+def _load(path):
+    return resolve_dataset(f"parquet:{path}").load("all", path.parent, False)
+
+
+def test_embeds_every_row_in_idx_order_and_matches_the_standalone_embedder(
+    ray_cluster, tiny_parquet, tmp_path
+):
+    ds = _load(tiny_parquet)
+    emb = ensure_embeddings(ds, OPTS, ArtifactStore(tmp_path / "out"), ray_cluster)
+    assert emb.features.shape == (24, 1280)
+    np.testing.assert_array_equal(emb.labels, ds.labels)
+    # same numbers as running the decode + embed classes by hand, without Ray
+    from deepclust.preprocess import decode_batch
+
+    embedder = Embedder("efficientnet_lite0")
+    batch = decode_batch(next(ds.batches(24)), embedder.preprocess)
+    np.testing.assert_allclose(emb.features, embedder(batch)["embedding"], atol=1e-4)
+    # a linear probe is not the point; the two classes should still separate in kNN space
+    sims = emb.features @ emb.features.T
+    np.fill_diagonal(sims, -1)
+    assert (ds.labels[sims.argmax(1)] == ds.labels).mean() > 0.9
+
+
+def test_second_run_reuses_the_cache(ray_cluster, tiny_parquet, tmp_path, monkeypatch):
+    store = ArtifactStore(tmp_path / "out")
+    first = ensure_embeddings(_load(tiny_parquet), OPTS, store, ray_cluster)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("pipeline ran although the cache was valid")
+
+    monkeypatch.setattr(embed_mod, "_run_pipeline", boom)
+    second = ensure_embeddings(_load(tiny_parquet), OPTS, store, ray_cluster)
+    np.testing.assert_array_equal(first.features, second.features)
+    assert first.meta["created"] == second.meta["created"]
+
+
+def test_truncated_cache_file_is_rebuilt(ray_cluster, tiny_parquet, tmp_path):
+    store = ArtifactStore(tmp_path / "out")
+    ds = _load(tiny_parquet)
+    first = ensure_embeddings(ds, OPTS, store, ray_cluster)
+    directory = store.embeddings_dir(ds.name, ds.split, OPTS.backbone)
+    part = next(directory.glob("*.parquet"))
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    rebuilt = ensure_embeddings(ds, OPTS, store, ray_cluster)
+    np.testing.assert_allclose(rebuilt.features, first.features, atol=1e-6)
+    assert store.check(directory, rebuilt.meta["key"]) is None
+
+
+def test_unreadable_images_are_reported_by_index_and_nothing_is_cached(
+    ray_cluster, corrupt_parquet, tmp_path
+):
+    store = ArtifactStore(tmp_path / "out")
+    ds = _load(corrupt_parquet)
+    with pytest.raises(UserError) as err:
+        ensure_embeddings(ds, OPTS, store, ray_cluster)
+    message = str(err.value)
+    assert message.startswith("2 unreadable image(s)") and "idx 5" in message
+    assert "idx 7" in message and "corrupt.parquet row 5" in message and "\n" not in message
+    directory = store.embeddings_dir(ds.name, ds.split, OPTS.backbone)
+    assert not directory.exists() and not list(directory.parent.glob(".*tmp*"))

@@ -1,0 +1,46 @@
+import json
+
+import numpy as np
+
+from deepclust.artifacts import ArtifactStore
+from orchestrator.leaderboard import build_table, write_leaderboard
+
+
+def _run(method, seed, acc, bench="digits"):
+    return {
+        "benchmark": bench,
+        "backbone": "b",
+        "method": method,
+        "config_hash": "c",
+        "seed": seed,
+        "acc": acc,
+        "nmi": acc / 2,
+        "ari": acc / 3,
+        "objective": "inertia",
+        "n_eval": 10,
+        "nbr_precision@20": 0.7,
+    }
+
+
+def test_seeds_are_averaged_and_rows_ranked_by_acc():
+    table = build_table([_run("kmeans", 0, 0.5), _run("kmeans", 1, 0.7), _run("other", 0, 0.9)])
+    assert list(table["method"]) == ["other", "kmeans"]
+    row = table.iloc[1]
+    assert row["seeds"] == 2 and np.isclose(row["acc"], 0.6) and np.isclose(row["acc_std"], 0.1)
+
+
+def test_files_are_written_from_run_dirs(tmp_path):
+    store = ArtifactStore(tmp_path)
+    for seed, acc in [(0, 0.5), (1, 0.7)]:
+        store.write_run(
+            store.run_dir("digits", "b", "kmeans", seed), np.zeros(3), _run("kmeans", seed, acc)
+        )
+    table, markdown = write_leaderboard(store)
+    assert "| digits | b | kmeans | 2 | 60.00 ± 10.00 |" in markdown
+    assert json.loads(store.leaderboard_path("json").read_text())[0]["seeds"] == 2
+    assert store.leaderboard_path("csv").read_text().startswith("benchmark,")
+
+
+def test_empty_leaderboard(tmp_path):
+    table, markdown = write_leaderboard(ArtifactStore(tmp_path))
+    assert table.empty and markdown.startswith("| benchmark |")

@@ -1,0 +1,107 @@
+"""The CLI as a user runs it: subprocesses, exit codes, one-line errors, cache reuse."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def sweep(*args, env=None, timeout=600):
+    full_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+    return proc, time.perf_counter() - t0
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--benchmark", "cifar11"], ["unknown dataset 'cifar11'", "did you mean 'cifar10'"]),
+        (["--backbone", "resnet9000"], ["unknown backbone 'resnet9000'", "efficientnet_lite0"]),
+        (["--methods", "kmeans,scam"], ["unknown method 'scam'", "valid: kmeans"]),
+        (["--benchmark", "cifar10", "--data-root", "/no/such/root"], ["data root /no/such/root"]),
+        (["--seeds", "1,x"], ["--seeds must be comma-separated integers"]),
+        (["--benchmark", "parquet:/no/such.parquet"], ["/no/such.parquet does not exist"]),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args, fragments, tmp_path):
+    proc, _ = sweep(*args, "--output", str(tmp_path / "out"))
+    assert_one_line_error(proc, *fragments)
+
+
+def test_named_benchmark_without_data_names_the_path(tmp_path):
+    proc, _ = sweep(
+        "--benchmark", "cifar10", "--data-root", str(tmp_path), "--output", str(tmp_path / "out")
+    )
+    assert_one_line_error(proc, "dataset 'cifar10' not found at", str(tmp_path), "--download")
+
+
+@pytest.mark.ray
+def test_end_to_end_then_cached_rerun(tiny_parquet, tmp_path):
+    args = [
+        "--benchmark",
+        f"parquet:{tiny_parquet}",
+        "--output",
+        str(tmp_path / "out"),
+        "--seeds",
+        "0,1",
+    ]
+    first, t_first = sweep(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "| kmeans | 2 |" in first.stdout and "leaderboard:" in first.stdout
+    for suffix in ("md", "csv", "json"):
+        assert (tmp_path / "out" / f"leaderboard.{suffix}").is_file()
+    second, t_second = sweep(*args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "embeddings parquet:" in second.stderr and ": cached" in second.stderr
+    assert "kmeans seed 1: cached" in second.stderr
+    assert second.stdout.split("leaderboard:")[0] == first.stdout.split("leaderboard:")[0]
+
+
+@pytest.mark.ray
+def test_corrupt_image_and_k_too_large_fail_cleanly(corrupt_parquet, tiny_parquet, tmp_path):
+    proc, _ = sweep("--benchmark", f"parquet:{corrupt_parquet}", "--output", str(tmp_path / "o"))
+    assert_one_line_error(proc, "2 unreadable image(s)", "idx 5", "row 5")
+    proc, _ = sweep(
+        "--benchmark", f"parquet:{tiny_parquet}", "--kmax", "24", "--output", str(tmp_path / "o")
+    )
+    assert_one_line_error(proc, "k=24 is out of range")
+    # the embeddings computed before the kNN error are kept and reused
+    proc, _ = sweep(
+        "--benchmark", f"parquet:{tiny_parquet}", "--kmax", "5", "--output", str(tmp_path / "o")
+    )
+    assert proc.returncode == 0 and ": cached" in proc.stderr
+
+
+@pytest.mark.ray
+def test_unreachable_hub_weights_are_a_one_line_error(tiny_parquet, tmp_path):
+    proc, _ = sweep(
+        "--benchmark",
+        f"parquet:{tiny_parquet}",
+        "--backbone",
+        "resnet18.a1_in1k",
+        "--output",
+        str(tmp_path / "o"),
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+    assert_one_line_error(proc, "could not load pretrained weights", "--backbone-weights")

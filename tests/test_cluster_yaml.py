@@ -1,0 +1,18 @@
+"""cluster.yaml passes Ray's own launcher validation (as `ray up` does: prepare, then validate)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_cluster_yaml_is_valid_for_the_ray_launcher():
+    pytest.importorskip("ray")
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    assert config["docker"]["image"].startswith("rayproject/ray:2.60.")
+    assert "ray-ml" not in (REPO / "cluster.yaml").read_text().split("ray-ml is dead")[1]
