@@ -165,7 +165,7 @@ def _missing(name: str, path: Path, how: str) -> DatasetUnavailable:
 _TV_HOW = "rerun with --download (needs internet) or point --data-root at the folder that holds it"
 
 
-def _torchvision(name: str, factory: Callable[[], object], where: Path):
+def _torchvision(name: str, factory: Callable[[], object], where: Path, how: str = _TV_HOW):
     """Construct a torchvision dataset, turning its 'not found' errors into one line."""
     try:
         return factory()
@@ -174,7 +174,7 @@ def _torchvision(name: str, factory: Callable[[], object], where: Path):
         if any(w in text for w in ("download", "not found", "corrupt")) or not isinstance(
             exc, RuntimeError
         ):
-            raise _missing(name, where, _TV_HOW) from exc
+            raise _missing(name, where, how) from exc
         raise
 
 
@@ -255,6 +255,8 @@ def _cifar_loader(name: str, coarse: bool = False) -> Loader:
             name,
             lambda: cls(str(data_root), train=split == "train", download=download),
             data_root / folder,
+            _TV_HOW
+            + (f" (or put {split}.parquet in {data_root / name})" if name == "cifar10" else ""),
         )
         labels, classes = np.asarray(ds.targets), ds.classes
         if coarse:
@@ -617,12 +619,3 @@ def resolve_dataset(name: str) -> DatasetSpec:
                 raise DatasetUnavailable(f"dataset '{name}' not found: {path} does not exist")
             return build(path)
     return DATASETS.get(name, hint="or parquet:<path> / folder:<path>")
-
-
-def dataset_slug(name: str) -> str:
-    """A filesystem-safe, stable name for artifact paths."""
-    if ":" not in name:
-        return name
-    prefix, path = name.split(":", 1)
-    stem = Path(path).stem or "root"
-    return f"{prefix}-{stem}-{_hash(str(Path(path).resolve()))[:8]}"

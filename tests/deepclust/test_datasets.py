@@ -7,7 +7,6 @@ from PIL import Image
 from deepclust.datasets import (
     DATASETS,
     DatasetUnavailable,
-    dataset_slug,
     load_parquet,
     resolve_dataset,
 )
@@ -111,11 +110,3 @@ def test_cifar10_parquet_layout_from_shared_data(cifar10_dir):
     ds = DATASETS.get("cifar10").load("test", cifar10_dir.parent, False)
     assert len(ds) == 10_000 and ds.num_classes == 10 and ds.class_names[0] == "airplane"
     assert np.bincount(ds.labels).tolist() == [1000] * 10
-
-
-def test_slugs_are_filesystem_safe_and_stable():
-    slug = dataset_slug("parquet:../a b/test.parquet")
-    assert (
-        "/" not in slug and " " not in slug and slug == dataset_slug("parquet:../a b/test.parquet")
-    )
-    assert dataset_slug("cifar10") == "cifar10"
