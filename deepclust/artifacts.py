@@ -71,8 +71,11 @@ class ArtifactStore:
     def neighbors_dir(self, embedding_key: str, kmax: int) -> Path:
         return self.root / "artifacts" / "neighbors" / embedding_key / f"k{kmax}"
 
-    def run_dir(self, dataset: str, backbone: str, method: str, seed: int) -> Path:
-        return self.root / "runs" / _slug(dataset) / _slug(backbone) / _slug(method) / f"seed{seed}"
+    def run_dir(self, dataset: str, backbone: str, variant: str, seed: int) -> Path:
+        """``variant`` is the method name plus its config hash (``unic-1a2b3c4d``)."""
+        return (
+            self.root / "runs" / _slug(dataset) / _slug(backbone) / _slug(variant) / f"seed{seed}"
+        )
 
     def runs_root(self) -> Path:
         return self.root / "runs"
@@ -133,7 +136,7 @@ class ArtifactStore:
     @staticmethod
     def read_embeddings(directory: Path) -> Embeddings:
         """Read an embeddings artifact, sorted by idx; checks idx is exactly 0..N-1."""
-        meta = ArtifactStore.read_meta(directory) or {}
+        meta = {**(ArtifactStore.read_meta(directory) or {}), "path": str(directory)}
         table = pq.read_table(directory, columns=["idx", "label", "embedding"])
         idx = table.column("idx").to_numpy()
         order = np.argsort(idx, kind="stable")

@@ -70,6 +70,35 @@ class ImageSet:
             return self.encoded.slice(start, stop - start)
         return list(self.paths[start:stop])
 
+    def source_item(self, idx: int):
+        """The undecoded image ``idx``: a uint8 array, encoded bytes or a path."""
+        if self.pixels is not None:
+            return self.pixels[idx]
+        if self.encoded is not None:
+            return self.encoded[idx].as_py()
+        return self.paths[idx]
+
+    def subset(self, n: int) -> ImageSet:
+        """The first ``n`` images (datasets are stored shuffled or are sliced per class by
+        callers that need balance); a distinct fingerprint keeps caches apart."""
+        if n >= len(self):
+            return self
+        src = {
+            self.source_column if self.source_column != "path" else "paths": self.source_slice(0, n)
+        }
+        if "paths" in src:
+            src["paths"] = tuple(src["paths"])
+        return ImageSet(
+            name=self.name,
+            split=f"{self.split}[:{n}]",
+            labels=self.labels[:n],
+            num_classes=self.num_classes,
+            class_names=self.class_names,
+            fingerprint=f"{self.fingerprint}[:{n}]",
+            origin=self.origin,
+            **src,
+        )
+
     def describe(self, idx: int) -> str:
         """Human location of image ``idx`` (path, or file + row)."""
         if self.paths is not None:

@@ -74,7 +74,10 @@ def ensure_neighbors(
     reason = store.check(directory, key)
     if reason is None:
         log.info("neighbors k=%d: cached (%s)", kmax, directory)
-        return store.read_neighbors(directory)[0], store.read_meta(directory)
+        return store.read_neighbors(directory)[0], {
+            **store.read_meta(directory),
+            "path": str(directory),
+        }
     if directory.exists():
         log.warning("neighbors k=%d: rebuilding (%s)", kmax, reason)
     check_k(len(emb.features), kmax)
@@ -107,4 +110,4 @@ def ensure_neighbors(
         seconds,
         ", ".join(f"{k}={v:.3f}" for k, v in precision.items()),
     )
-    return nbr, meta
+    return nbr, {**meta, "path": str(directory)}

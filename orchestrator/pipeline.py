@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from deepclust.artifacts import ArtifactStore, Embeddings, stable_key
-from deepclust.config import to_dict
+from deepclust.config import from_dict, to_dict
 from deepclust.datasets import DatasetSpec, ImageSet
 from deepclust.metrics import clustering_metrics
 from orchestrator.embed import EmbedOptions, ensure_embeddings
@@ -63,86 +63,151 @@ def load_splits(spec: DatasetSpec, settings: SweepSettings) -> BenchmarkSplits:
     return BenchmarkSplits(spec, fit, ev)
 
 
-def _run_one(
-    method_name: str,
-    seed: int,
+@dataclass(frozen=True)
+class MethodRun:
+    """One method x seed on one benchmark, plus how to train it."""
+
+    method: str
+    seed: int
+    config: dict[str, Any] = field(default_factory=dict)  # overrides, validated strictly
+    workers: int = 1  # Ray Train workers (DDP) for trainable methods
+    subset: int | None = None  # first n images (finetune smoke runs)
+
+
+def _job(
+    run: MethodRun,
     splits: BenchmarkSplits,
     fit_emb: Embeddings,
     eval_emb: Embeddings,
-    neighbors: tuple[np.ndarray, dict] | None,
+    nbr_meta: dict,
+    settings: SweepSettings,
+    work_dir: Path,
+) -> dict[str, Any]:
+    """The plain dict a Ray Train worker rebuilds the method and its inputs from."""
+    return {
+        "method": run.method,
+        "method_config": run.config,
+        "seed": run.seed,
+        "num_clusters": splits.fit.num_classes,
+        "fit_embeddings": fit_emb.meta["path"],
+        "eval_embeddings": eval_emb.meta["path"],
+        "neighbors": nbr_meta.get("path"),
+        "dataset": splits.spec.name,
+        "data_root": str(settings.data_root),
+        "fit_split": splits.spec.fit_split,
+        "eval_split": splits.spec.eval_split,
+        "subset": run.subset,
+        "backbone": settings.backbone,
+        "backbone_weights": settings.weights_file,
+        "work_dir": str(work_dir),
+    }
+
+
+def run_method(
+    run: MethodRun,
+    splits: BenchmarkSplits,
+    fit_emb: Embeddings,
+    eval_emb: Embeddings,
+    neighbors: tuple[np.ndarray, dict],
     settings: SweepSettings,
     store: ArtifactStore,
+    ray_session: RaySession,
 ) -> dict[str, Any]:
-    method_cls = METHODS.get(method_name)
-    config = method_cls.Config()
-    config_dict = to_dict(config)
+    """Fit, predict the eval split, score, and write the run's artifacts (cached by key)."""
+    method_cls = METHODS.get(run.method)
+    config_dict = to_dict(from_dict(method_cls.Config, run.config))
+    nbr_meta = neighbors[1]
     key = stable_key(
         {
             "fit": fit_emb.meta["key"],
             "eval": eval_emb.meta["key"],
-            "method": method_name,
+            "method": run.method,
             "config": config_dict,
-            "seed": seed,
-            "neighbors": neighbors[1]["key"] if neighbors else None,
+            "seed": run.seed,
+            "neighbors": nbr_meta["key"],
+            "workers": run.workers,
         }
     )
-    run_dir = store.run_dir(splits.fit.name, settings.backbone, method_name, seed)
+    config_hash = stable_key(config_dict)[:8]
+    run_dir = store.run_dir(
+        splits.fit.name, settings.backbone, f"{run.method}-{config_hash}", run.seed
+    )
     previous = store.read_run(run_dir)
     if previous is not None and previous.get("key") == key:
-        log.info("%s/%s seed %d: cached", splits.fit.name, method_name, seed)
+        log.info("%s/%s seed %d: cached", splits.fit.name, run.method, run.seed)
         return previous
     t0 = time.perf_counter()
-    method = method_cls(config)
-    inputs = FitInputs(
-        embeddings=fit_emb.features,
-        num_clusters=splits.fit.num_classes,
-        seed=seed,
-        neighbors=neighbors[0] if neighbors and "neighbors" in method_cls.needs else None,
-        labels=fit_emb.labels if method_cls.uses_labels else None,  # leak guard
-    )
-    diagnostics = method.fit(inputs)
-    predictions = method.predict(eval_emb.features)
-    metrics = clustering_metrics(eval_emb.labels, predictions)
-    nbr_meta = neighbors[1] if neighbors else {}
+    if method_cls.trainable:
+        from trainables import ray_train
+
+        resources = ray_session.resources()
+        job = _job(
+            run,
+            splits,
+            fit_emb,
+            eval_emb,
+            nbr_meta,
+            settings,
+            run_dir.with_name(run_dir.name + ".work"),
+        )
+        predictions, diagnostics = ray_train.train(
+            job,
+            run.workers,
+            resources.gpus > 0,
+            store.root / "ray",
+            name=f"{run.method}-{splits.fit.split}-seed{run.seed}-{key[:10]}",
+        )
+    else:
+        method = method_cls(from_dict(method_cls.Config, run.config))
+        diagnostics = method.fit(
+            FitInputs(
+                embeddings=fit_emb.features,
+                num_clusters=splits.fit.num_classes,
+                seed=run.seed,
+                neighbors=neighbors[0] if "neighbors" in method_cls.needs else None,
+                labels=fit_emb.labels if method_cls.uses_labels else None,
+            )
+        )  # leak guard
+        predictions = method.predict(eval_emb.features)
+    metrics = clustering_metrics(eval_emb.labels[: len(predictions)], predictions)
     result = {
         "key": key,
         "benchmark": splits.spec.name,
         "fit_split": splits.fit.split,
         "eval_split": splits.eval.split,
         "backbone": settings.backbone,
-        "method": method_name,
-        "seed": seed,
+        "method": run.method,
+        "seed": run.seed,
         "config": config_dict,
-        "config_hash": stable_key(config_dict)[:8],
+        "config_hash": config_hash,
         "objective": method_cls.objective,
         "objective_value": diagnostics.get(method_cls.objective),
+        "diagnostics": diagnostics,
         "num_clusters": splits.fit.num_classes,
         "n_fit": len(fit_emb.labels),
-        "n_eval": len(eval_emb.labels),
+        "n_eval": len(predictions),
         **metrics,
         **{k: v for k, v in nbr_meta.items() if k.startswith("nbr_precision@")},
         "seconds": round(time.perf_counter() - t0, 2),
     }
     store.write_run(run_dir, predictions, result)
     log.info(
-        "%s/%s seed %d: acc=%.4f nmi=%.4f ari=%.4f",
+        "%s/%s seed %d: acc=%.4f nmi=%.4f ari=%.4f (%s)",
         splits.fit.name,
-        method_name,
-        seed,
+        run.method,
+        run.seed,
         metrics["acc"],
         metrics["nmi"],
         metrics["ari"],
+        ", ".join(f"{k}={v:.3g}" for k, v in diagnostics.items()),
     )
     return result
 
 
-def run_benchmark(
-    splits: BenchmarkSplits,
-    settings: SweepSettings,
-    store: ArtifactStore,
-    ray_session: RaySession,
-) -> list[dict[str, Any]]:
-    """Embed, mine and run every requested method x seed on one benchmark."""
+def prepare_artifacts(
+    splits: BenchmarkSplits, settings: SweepSettings, store: ArtifactStore, ray_session: RaySession
+) -> tuple[Embeddings, Embeddings, tuple]:
+    """Embeddings of both splits and the fit split's kNN table (each cached by its key)."""
     opts = EmbedOptions(settings.backbone, settings.weights_file, settings.batch_size)
     fit_emb = ensure_embeddings(splits.fit, opts, store, ray_session)
     eval_emb = (
@@ -154,8 +219,20 @@ def run_benchmark(
     neighbors = ensure_neighbors(
         fit_emb, kmax, store, ray_session, settings.knn_backend, settings.knn_shards
     )
+    return fit_emb, eval_emb, neighbors
+
+
+def run_benchmark(
+    splits: BenchmarkSplits,
+    settings: SweepSettings,
+    store: ArtifactStore,
+    ray_session: RaySession,
+    runs: list[MethodRun] | None = None,
+) -> list[dict[str, Any]]:
+    """Embed, mine and run every requested method x seed (or ``runs``) on one benchmark."""
+    fit_emb, eval_emb, neighbors = prepare_artifacts(splits, settings, store, ray_session)
+    runs = runs or [MethodRun(m, seed) for m in settings.methods for seed in settings.seeds]
     return [
-        _run_one(m, seed, splits, fit_emb, eval_emb, neighbors, settings, store)
-        for m in settings.methods
-        for seed in settings.seeds
+        run_method(r, splits, fit_emb, eval_emb, neighbors, settings, store, ray_session)
+        for r in runs
     ]

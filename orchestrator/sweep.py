@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(METHODS.names()),
         help=f"METHOD[,METHOD] (default: all registered: {', '.join(METHODS.names())})",
     )
+    add_common_arguments(p)
+    return p
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags shared by the sweep and the single-run entry point."""
     p.add_argument(
         "--data-root",
         default=os.environ.get("UNIC_DATA_ROOT", "data"),
@@ -93,7 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
     p.add_argument("-v", "--verbose", action="store_true")
-    return p
 
 
 def _parse_seeds(text: str) -> tuple[int, ...]:
@@ -215,8 +220,8 @@ def _user_error_in(exc: BaseException) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def run_cli(parser: argparse.ArgumentParser, run_fn, argv: list[str] | None) -> int:
+    """Parse, set up logging, run; user errors become one line + exit 2, Ctrl-C exit 130."""
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -227,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     argv_list = sys.argv[1:] if argv is None else argv
     explicit_root = any(a == "--data-root" or a.startswith("--data-root=") for a in argv_list)
     try:
-        return run(args, explicit_root)
+        return run_fn(args, explicit_root)
     except KeyboardInterrupt:
         print(
             f"interrupted: finished stages are cached under {args.output}; rerun the same "
@@ -241,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,8 @@ def test_end_to_end_then_cached_rerun(tiny_parquet, tmp_path):
         str(tmp_path / "out"),
         "--seeds",
         "0,1",
+        "--methods",
+        "kmeans",  # UNIC through the CLI is covered by test_train_cli.py
     ]
     first, t_first = sweep(*args)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -88,7 +90,14 @@ def test_corrupt_image_and_k_too_large_fail_cleanly(corrupt_parquet, tiny_parque
     assert_one_line_error(proc, "k=24 is out of range")
     # the embeddings computed before the kNN error are kept and reused
     proc, _ = sweep(
-        "--benchmark", f"parquet:{tiny_parquet}", "--kmax", "5", "--output", str(tmp_path / "o")
+        "--benchmark",
+        f"parquet:{tiny_parquet}",
+        "--kmax",
+        "5",
+        "--methods",
+        "kmeans",
+        "--output",
+        str(tmp_path / "o"),
     )
     assert proc.returncode == 0 and ": cached" in proc.stderr
 

@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from deepclust.config import from_dict
 from deepclust.knn import knn_self, l2_normalize
 from deepclust.metrics import hungarian_acc
 from trainables.methods import METHODS, ClusteringMethod, FitInputs
@@ -32,7 +33,8 @@ def inputs_for(method_cls, x, y, seed=0):
 def test_contract(name):
     method_cls = METHODS.get(name)
     assert issubclass(method_cls, ClusteringMethod)
-    cfg = method_cls.Config()
+    assert dataclasses.is_dataclass(method_cls.Config())
+    cfg = from_dict(method_cls.Config, method_cls.smoke)
     assert dataclasses.is_dataclass(cfg) and method_cls.Config.__dataclass_params__.frozen
     assert method_cls.needs <= {f.name for f in dataclasses.fields(FitInputs)}
     assert isinstance(method_cls.objective, str) and method_cls.objective
@@ -51,7 +53,7 @@ def test_same_seed_same_result(name):
     x, y = blobs(seed=1)
     preds = []
     for _ in range(2):
-        m = method_cls(method_cls.Config())
+        m = method_cls(from_dict(method_cls.Config, method_cls.smoke))
         m.fit(inputs_for(method_cls, x, y, seed=3))
         preds.append(m.predict(x))
     np.testing.assert_array_equal(*preds)

@@ -8,8 +8,10 @@ from __future__ import annotations
 from deepclust.registry import Registry
 from trainables.methods.base import ClusteringMethod, FitInputs
 from trainables.methods.kmeans import KMeans
+from trainables.methods.unic import Unic
 
 METHODS: Registry[type[ClusteringMethod]] = Registry("method")
 METHODS.add("kmeans", KMeans)
+METHODS.add("unic", Unic)
 
 __all__ = ["METHODS", "ClusteringMethod", "FitInputs"]

@@ -25,6 +25,7 @@ class FitInputs:
         seed: seed for every random choice the method makes.
         neighbors: (N, kmax) int64 mined neighbour indices (self excluded), if needed.
         labels: (N,) int64 ground truth; None unless the method ``uses_labels``.
+        images: the fit split's images (same order as embeddings), only for finetuning.
     """
 
     embeddings: np.ndarray
@@ -32,6 +33,9 @@ class FitInputs:
     seed: int
     neighbors: np.ndarray | None = None
     labels: np.ndarray | None = None
+    images: Any = None  # deepclust.datasets.ImageSet of the fit split, for finetuning modes
+    backbone: str | None = None  # backbone name (and weights file) for finetuning modes
+    backbone_weights: str | None = None
 
 
 class ClusteringMethod(abc.ABC):
@@ -43,6 +47,8 @@ class ClusteringMethod(abc.ABC):
     trainable: ClassVar[bool] = False  # False: fit offline in the driver, no training loop
     # Label-free criterion a search may optimise (objective hygiene: never test accuracy).
     objective: ClassVar[str]
+    # Overrides for a laptop-size smoke run (contract tests, --smoke-test); {} = defaults.
+    smoke: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: Any) -> None:
         if not isinstance(config, self.Config):
@@ -50,8 +56,12 @@ class ClusteringMethod(abc.ABC):
         self.config = config
 
     @abc.abstractmethod
-    def fit(self, inputs: FitInputs) -> dict[str, float]:
-        """Fit on the fit split; return label-free diagnostics (including ``objective``)."""
+    def fit(self, inputs: FitInputs, hooks: Any = None) -> dict[str, float]:
+        """Fit on the fit split; return label-free diagnostics (including ``objective``).
+
+        ``hooks`` (a ``trainables.loop.LoopHooks``) carries distribution, reporting and resume
+        for trainable methods; offline methods ignore it.
+        """
 
     @abc.abstractmethod
     def predict(self, embeddings: np.ndarray) -> np.ndarray:

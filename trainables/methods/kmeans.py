@@ -24,7 +24,7 @@ class KMeans(ClusteringMethod):
     Config = KMeansConfig
     objective = "inertia"  # within-cluster sum of squares on the fit split; lower is better
 
-    def fit(self, inputs: FitInputs) -> dict[str, float]:
+    def fit(self, inputs: FitInputs, hooks: object = None) -> dict[str, float]:
         self._model = _SkKMeans(
             n_clusters=inputs.num_clusters,
             n_init=self.config.n_init,

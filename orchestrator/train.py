@@ -1,0 +1,122 @@
+"""``python -m orchestrator.train``: one method, one benchmark, one seed, on Ray Train.
+
+    python -m orchestrator.train --method unic --benchmark digits
+    python -m orchestrator.train --method unic --benchmark parquet:../shared/data/cifar10/test.parquet \\
+        --set pos_k=30 --set neg_rule=random
+    python -m orchestrator.train --method unic --benchmark digits --finetune --workers 2 \\
+        --subset 256 --epochs 2
+
+Writes the same artifacts the sweep reads (embeddings, neighbours, ``runs/...``) and rebuilds
+the leaderboard. Killed mid-run, the same command resumes from the last epoch's checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from deepclust.artifacts import ArtifactStore
+from deepclust.errors import UserError
+from orchestrator.sweep import _select, _settings, add_common_arguments, run_cli
+from trainables.methods import METHODS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.train",
+        description="Train one method on one benchmark (Ray Train).",
+    )
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS.names())}")
+    p.add_argument(
+        "--benchmark", required=True, help="a dataset name, parquet:<path> or folder:<path>"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method config override (repeatable; values parsed as JSON when they "
+        "can be, e.g. --set pos_k=30 --set neg_rule=random)",
+    )
+    p.add_argument(
+        "--finetune",
+        action="store_true",
+        help="finetune the backbone's last blocks + head on images (methods that support it)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="Ray Train DDP workers (default 1)")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (finetune epochs with --finetune)"
+    )
+    p.add_argument(
+        "--subset",
+        type=int,
+        default=None,
+        help="use only the first N images of each split (smoke runs)",
+    )
+    add_common_arguments(p)
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    out: dict = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects KEY=VALUE, got '{item}'")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    if args.finetune:
+        out["finetune"] = True
+    if args.epochs is not None:
+        out["ft_epochs" if args.finetune else "epochs"] = args.epochs
+    return out
+
+
+def run(args: argparse.Namespace, explicit_root: bool) -> int:
+    from deepclust.config import from_dict
+    from orchestrator.leaderboard import write_leaderboard
+    from orchestrator.pipeline import BenchmarkSplits, MethodRun, run_benchmark
+    from orchestrator.ray_env import RaySession
+
+    args.methods, args.seeds = args.method, str(args.seed)
+    settings = _settings(args, explicit_root)
+    method_cls = METHODS.get(args.method)
+    overrides = _overrides(args)
+    from_dict(method_cls.Config, overrides)  # unknown/mistyped keys fail before any work
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers > 1 and not method_cls.trainable:
+        raise UserError(f"method '{args.method}' is not trained; drop --workers")
+    (splits,), _ = _select(args.benchmark, settings)
+    if args.subset:
+        fit = splits.fit.subset(args.subset)
+        ev = fit if splits.eval is splits.fit else splits.eval.subset(args.subset)
+        splits = BenchmarkSplits(splits.spec, fit, ev)
+    run_spec = MethodRun(args.method, args.seed, overrides, args.workers, args.subset)
+    store = ArtifactStore(settings.output)
+    session = RaySession(args.ray_address, args.num_cpus)
+    t0 = time.perf_counter()
+    try:
+        (result,) = run_benchmark(splits, settings, store, session, [run_spec])
+    finally:
+        session.close()
+    _, markdown = write_leaderboard(store)
+    print("\n" + markdown)
+    print(
+        f"{args.method} on {splits.spec.name}: acc={result['acc']:.4f} nmi={result['nmi']:.4f}"
+        f" ari={result['ari']:.4f} ({time.perf_counter() - t0:.1f}s)"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""``python -m orchestrator.train``: a cached-mode UNIC run, and DDP finetuning that survives a
+kill (2 gloo workers on CPU, resumed from the last epoch's checkpoint)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.ray
+
+
+def train_cmd(parquet, out, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "orchestrator.train",
+        "--method",
+        "unic",
+        "--benchmark",
+        f"parquet:{parquet}",
+        "--output",
+        str(out),
+        *extra,
+    ]
+
+
+def _env():
+    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _metrics(out):
+    (path,) = list(out.glob("runs/**/metrics.json"))
+    return json.loads(path.read_text())
+
+
+def test_cached_mode_run_writes_the_sweep_artifacts(tiny_parquet, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        train_cmd(tiny_parquet, out, "--set", "min_steps=100", "--set", "num_heads=2"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = _metrics(out)
+    assert result["method"] == "unic" and result["acc"] == 1.0  # two trivially separable classes
+    assert result["objective"] == "selection_score" and "kept_pair_frac" in result["diagnostics"]
+    assert "| unic |" in proc.stdout and (out / "leaderboard.md").is_file()
+
+
+def test_bad_override_is_a_one_line_error(tiny_parquet, tmp_path):
+    proc = subprocess.run(
+        train_cmd(tiny_parquet, tmp_path, "--set", "pos_kk=3"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "unknown key 'pos_kk' for UnicConfig (did you mean 'pos_k'?)" in proc.stderr
+
+
+def test_ddp_finetune_resumes_after_the_process_is_killed(tiny_parquet, tmp_path):
+    out = tmp_path / "out"
+    cmd = train_cmd(
+        tiny_parquet,
+        out,
+        "--finetune",
+        "--workers",
+        "2",
+        "--epochs",
+        "3",
+        "--subset",
+        "16",
+        "--set",
+        "min_steps=20",
+        "--set",
+        "num_heads=2",
+        "--set",
+        "ft_batch_size=8",
+    )
+    first = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+        start_new_session=True,
+    )
+    deadline = time.time() + 480
+
+    def registered() -> bool:  # Train V2 restores what its snapshot lists, not bare folders
+        return any(
+            "checkpoint_" in p.read_text()
+            for p in out.glob("ray/*/checkpoint_manager_snapshot.json")
+        )
+
+    try:
+        while not registered() and time.time() < deadline:
+            assert first.poll() is None, "the run ended before its first checkpoint"
+            time.sleep(0.5)
+        assert registered(), "no checkpoint within the time limit"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and every Ray process it started
+        first.wait()
+    assert not list(out.glob("runs/**/metrics.json"))
+    second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=_env())
+    assert second.returncode == 0, second.stderr[-3000:]
+    result = _metrics(out)
+    assert result["diagnostics"]["resumed_from_epoch"] >= 1
+    assert "resumed from the end of epoch" in second.stderr + second.stdout

@@ -1,0 +1,156 @@
+"""Backbone finetuning pieces shared by methods: a trainable backbone + head module, partial
+unfreezing, and training-time augmentations computed from the weights' own preprocessing."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torchvision import transforms as T
+
+from deepclust.preprocess import Preprocess, open_image
+
+AUGMENTS = ("simgcd", "simclr", "none")
+
+
+class BackboneWithHead(nn.Module):
+    """images (B, 3, S, S) -> backbone features -> head logits (B, C)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def unfreeze_last_blocks(backbone: nn.Module, n_blocks: int) -> list[str]:
+    """Freeze everything, then unfreeze the last ``n_blocks`` of ``backbone.blocks`` and every
+    parameter registered after them (final norm / conv head). Returns the trainable names.
+
+    timm registers parameters in forward order (stem, blocks, norm/head), so "from the first
+    parameter of blocks[-n] onwards" is exactly "the last n blocks and what follows them".
+    """
+    if not hasattr(backbone, "blocks"):
+        raise ValueError(f"{type(backbone).__name__} has no .blocks to unfreeze")
+    names = [n for n, _ in backbone.named_parameters()]
+    first = f"blocks.{len(backbone.blocks) - n_blocks}."
+    start = next(i for i, n in enumerate(names) if n.startswith(first))
+    trainable = set(names[start:])
+    for name, p in backbone.named_parameters():
+        p.requires_grad_(name in trainable)
+    return names[start:]
+
+
+def train_transform(pp: Preprocess, kind: str = "simgcd"):
+    """PIL -> normalised (3, S, S) tensor with the training augmentation ``kind``.
+
+    ``simgcd``: Resize(floor(S / crop_pct)) -> RandomCrop(S) -> HorizontalFlip (SimGCD; its
+    ColorJitter() with default arguments is a no-op and is left out). ``simclr``:
+    RandomResizedCrop(S, 0.2-1) -> flip -> ColorJitter(0.4, 0.4, 0.4, 0.1) p0.8 -> grey p0.2.
+    ``none``: the eval geometry.
+    """
+    interp = T.InterpolationMode(pp.interpolation)
+    size = pp.input_size
+    norm = [T.ToTensor(), T.Normalize(pp.mean, pp.std)]
+    if kind == "simgcd":
+        ops = [T.Resize(pp.resize_size, interp), T.RandomCrop(size), T.RandomHorizontalFlip()]
+    elif kind == "simclr":
+        ops = [
+            T.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=interp),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+        ]
+    elif kind == "none":
+        ops = [T.Resize(pp.resize_size, interp), T.CenterCrop(size)]
+    else:
+        raise ValueError(f"augment must be one of {AUGMENTS}, got {kind!r}")
+    return T.Compose(ops + norm)
+
+
+def load_rgb(source) -> Image.Image:
+    """One image of an ImageSet source (pixels / bytes / path) as RGB PIL."""
+    if isinstance(source, np.ndarray) and source.dtype != np.uint8:
+        source = source.astype(np.uint8)
+    return open_image(source).convert("RGB")
+
+
+def augmented_batch(images, ids: Tensor, transform) -> Tensor:
+    """(n,) image ids of an ImageSet -> (n, 3, S, S) augmented tensors (torch RNG driven)."""
+    return torch.stack([transform(load_rgb(images.source_item(int(i)))) for i in ids])
+
+
+def build_trainable_backbone(name: str, weights_file: str | None, n_blocks: int) -> nn.Module:
+    from deepclust.backbones import build_backbone
+
+    backbone, _ = build_backbone(name, weights_file)
+    backbone.reset_classifier(0)  # the ImageNet classifier is unused: DDP needs every grad used
+    unfreeze_last_blocks(backbone, n_blocks)
+    return backbone
+
+
+def _keep_backbone_eval(model: nn.Module) -> None:
+    # Frozen layers keep their pretrained BatchNorm statistics and no dropout: the backbone
+    # runs in eval mode while gradients still reach the unfrozen blocks.
+    if isinstance(model, BackboneWithHead):
+        model.backbone.eval()
+
+
+class FinetuneSteps:
+    """Image batches for a pair sampler: [anchors; positives; negatives] augmented independently."""
+
+    def __init__(
+        self,
+        sampler,
+        images,
+        pretrained_cfg,
+        augment: str,
+        batch: int,
+        seed: int,
+        rank: int,
+        step_fn,
+    ) -> None:
+        self.sampler, self.images, self.batch = sampler, images, batch
+        self.transform = train_transform(Preprocess.from_timm_cfg(pretrained_cfg), augment)
+        self.seed, self.rank, self.step_fn = seed, rank, step_fn
+
+    def batches(self, epoch: int, steps: int):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7919 + epoch)
+        torch.manual_seed(self.seed * 1_000_003 + self.rank * 7919 + epoch)  # augmentations
+        for _ in range(steps):
+            ids = self.sampler.sample(self.batch, gen)
+            out = {
+                "anchor": augmented_batch(self.images, ids["anchor"], self.transform),
+                "positive": augmented_batch(self.images, ids["positive"], self.transform),
+                "pos_mask": ids["pos_mask"],
+            }
+            if "negative" in ids:
+                out["negative"] = augmented_batch(
+                    self.images, ids["negative"].flatten(), self.transform
+                )
+            yield out
+
+    def training_step(self, model: nn.Module, batch: dict[str, Tensor]):
+        inner = model.module if hasattr(model, "module") else model
+        _keep_backbone_eval(inner)
+        return self.step_fn(model, batch)
+
+
+@torch.no_grad()
+def embed_images(model: BackboneWithHead, images, batch_size: int = 64) -> np.ndarray:
+    """(N, D) backbone features of an ImageSet with the eval geometry."""
+    from deepclust.preprocess import decode_batch, normalize_images
+
+    pp = Preprocess.from_timm_cfg(model.backbone.pretrained_cfg)
+    model.eval()
+    out = []
+    for batch in images.batches(batch_size):
+        decoded = decode_batch(batch, pp)
+        x = normalize_images(torch.from_numpy(decoded["image"]), pp)
+        out.append(model.features(x).float().numpy())
+    return np.concatenate(out)

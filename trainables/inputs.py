@@ -1,0 +1,51 @@
+"""Ray-free glue between artifacts and a method: build its FitInputs from a plain config dict
+(the one that travels to Ray Train workers: paths and names, never arrays) and predict the
+evaluation split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepclust.artifacts import ArtifactStore
+from deepclust.config import from_dict
+from trainables.methods import METHODS, ClusteringMethod, FitInputs
+
+
+def _images(job: dict[str, Any], split_key: str):
+    from deepclust.datasets import resolve_dataset
+
+    spec = resolve_dataset(job["dataset"])
+    images = spec.load(job[split_key], Path(job["data_root"]), False)
+    return images.subset(job["subset"]) if job.get("subset") else images
+
+
+def build(job: dict[str, Any]) -> tuple[ClusteringMethod, FitInputs]:
+    """The method (config validated strictly) and its inputs for one training job."""
+    method_cls = METHODS.get(job["method"])
+    method = method_cls(from_dict(method_cls.Config, job.get("method_config", {})))
+    fit = ArtifactStore.read_embeddings(Path(job["fit_embeddings"]))
+    nbr = None
+    if "neighbors" in method_cls.needs:
+        nbr = ArtifactStore.read_neighbors(Path(job["neighbors"]))[0]
+    finetune = bool(getattr(method.config, "finetune", False))
+    inputs = FitInputs(
+        embeddings=fit.features,
+        num_clusters=int(job["num_clusters"]),
+        seed=int(job["seed"]),
+        neighbors=nbr,
+        labels=fit.labels if method_cls.uses_labels else None,  # leak guard
+        images=_images(job, "fit_split") if finetune else None,
+        backbone=job.get("backbone"),
+        backbone_weights=job.get("backbone_weights"),
+    )
+    return method, inputs
+
+
+def predict_eval(method: ClusteringMethod, job: dict[str, Any]) -> np.ndarray:
+    """(M,) cluster ids of the eval split: through the finetuned backbone when there is one."""
+    if getattr(method.config, "finetune", False):
+        return method.predict_images(_images(job, "eval_split"))
+    return method.predict(ArtifactStore.read_embeddings(Path(job["eval_embeddings"])).features)

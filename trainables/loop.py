@@ -1,0 +1,123 @@
+"""The one training loop. Methods supply the model, batches and the step; the loop owns the
+optimiser, schedule, AMP, clipping, NaN guard, epoch bookkeeping, checkpoint state and
+reporting. Distribution is injected: ``prepare_model`` (identity, or Ray Train's DDP wrapper)
+and ``report`` (a no-op, or ``ray.train.report``), so this file never imports Ray.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from deepclust.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    epochs: int
+    steps_per_epoch: int
+    lr: float
+    weight_decay: float = 0.0
+    optimizer: str = "adam"  # adam | sgd (momentum 0.9)
+    schedule: str = "constant"  # constant | cosine (to lr * min_lr_ratio)
+    min_lr_ratio: float = 1e-3
+    grad_clip: float = 0.0  # 0 disables
+    amp: bool = True  # bf16 autocast on CUDA only
+    report_every: int = 1  # epochs between reports/checkpoints (and always the last epoch)
+
+
+class TrainSteps(Protocol):
+    """What a trainable method gives the loop."""
+
+    def batches(self, epoch: int, steps: int) -> Iterator[dict[str, Tensor]]: ...
+
+    def training_step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]: ...
+
+
+@dataclass
+class LoopHooks:
+    """Injected by the caller: distribution, reporting and resume (all optional)."""
+
+    prepare_model: Callable[[nn.Module], nn.Module] = lambda m: m
+    # report(metrics, state): state is the checkpoint payload for this epoch
+    report: Callable[[dict[str, Any], dict[str, Any]], None] = lambda metrics, state: None
+    resume_state: dict[str, Any] | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    world_rank: int = 0
+    world_size: int = 1
+
+
+def _optimizer(params, cfg: LoopConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    raise ValueError(f"optimizer must be adam or sgd, got {cfg.optimizer!r}")
+
+
+def _lr_at(cfg: LoopConfig, step: int, total: int) -> float:
+    if cfg.schedule == "constant":
+        return cfg.lr
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * step / max(1, total)))
+
+
+def fit(model: nn.Module, steps: TrainSteps, cfg: LoopConfig, hooks: LoopHooks) -> nn.Module:
+    """Train ``model`` for ``cfg.epochs``; returns the (unwrapped) trained model.
+
+    Every epoch ends with ``hooks.report(metrics, state)`` on every rank (Ray Train requires
+    all ranks to report); ``state`` holds model/optimiser/epoch for resuming, and
+    ``hooks.resume_state`` restarts from it.
+    """
+    model = model.to(hooks.device)
+    optimizer = _optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    start_epoch = 0
+    if hooks.resume_state is not None:
+        model.load_state_dict(hooks.resume_state["model"])
+        optimizer.load_state_dict(hooks.resume_state["optimizer"])
+        start_epoch = int(hooks.resume_state["epoch"])
+        log.info("resumed from the end of epoch %d", start_epoch)
+    wrapped = hooks.prepare_model(model)
+    total = cfg.epochs * cfg.steps_per_epoch
+    autocast = cfg.amp and hooks.device.type == "cuda"
+    for epoch in range(start_epoch, cfg.epochs):
+        wrapped.train()
+        sums: dict[str, float] = {}
+        for i, batch in enumerate(steps.batches(epoch, cfg.steps_per_epoch)):
+            step = epoch * cfg.steps_per_epoch + i
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(cfg, step, total)
+            batch = {k: v.to(hooks.device, non_blocking=True) for k, v in batch.items()}
+            with torch.autocast(hooks.device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss, logs = steps.training_step(wrapped, batch)
+            if not torch.isfinite(loss):
+                raise UserError(
+                    f"the loss became {float(loss)} at epoch {epoch + 1}, step {i + 1}; checkpoints "
+                    f"up to epoch {epoch} are kept; lower the learning rate or check the inputs"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            for k, v in {"loss/train": float(loss.detach()), **logs}.items():
+                sums[k] = sums.get(k, 0.0) + v
+        if (epoch + 1) % cfg.report_every and epoch + 1 != cfg.epochs:
+            continue  # every rank skips the same epochs: reports stay in lockstep
+        metrics = {k: v / cfg.steps_per_epoch for k, v in sums.items()}
+        metrics.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"])
+        # a snapshot, not live references: consumers may keep it while training goes on
+        state = copy.deepcopy(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1}
+        )
+        hooks.report(metrics, state)
+    return model

@@ -1,0 +1,376 @@
+"""UNIC: positive-neighbour sampling with second-order cleaning, negative-neighbour mining and a
+single clustering head (Jayatilaka, Shrivastava, Gwilliam, arXiv 2503.14500, 2025).
+
+Design and every [inferred] choice: ``shared/spec/unic.md`` (sections cited inline). Two modes
+on the one loop: **cached** (a head on frozen embeddings; what sweeps run) and **finetune** (the
+last backbone blocks + the head, on augmented images, warm-started from a cached-mode head).
+Labels are never read (``uses_labels = False``; the runner strips them).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from deepclust.errors import UserError
+from deepclust.neighbors import (
+    NEG_RULES,
+    NegativeSampler,
+    PositiveTable,
+    clean_positives,
+    negative_thresholds,
+)
+from trainables import loop
+from trainables.heads import ClusterHead, MultiHead
+from trainables.losses.neighbors import neighbor_clustering_loss, probs
+from trainables.methods.base import ClusteringMethod, FitInputs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UnicConfig:
+    # --- positives (spec sections 3-4) ---
+    pos_k: int | None = None  # None: min(20, N // (2C)), half the expected class size at most
+    clean_rule: str = "pair_overlap"  # pair_overlap | votes | anchor_spread | none
+    clean_m: int | None = None  # second-order list length; None: pos_k
+    min_shared_frac: float = 0.2  # sigma; keeps pairs sharing >= ceil(sigma * m) neighbours
+    spread_drop_frac: float = 0.2  # anchor_spread only
+    empty_policy: str = "skip"  # skip (mask the positive term) | self | top1
+    pos_weighting: str = "uniform"  # uniform | shared (probability ~ shared count)
+    # --- negatives (spec section 5) ---
+    neg_rule: str = "far_rank"  # far_rank | random | none
+    neg_min_rank_frac: float = 0.9  # rho: negatives come from outside the nearest rho*(N-1)
+    neg_exclude_shared: bool = True
+    n_neg: int = 1
+    neg_ref_size: int = 4096  # reference sample for the rank threshold
+    neg_tries: int = 8
+    # --- loss (spec section 7) ---
+    w_pos: float = 1.0
+    w_neg: float = 1.0
+    w_ent: float = 5.0  # SCAN's entropy weight
+    # --- head (spec section 6) ---
+    head: str = "linear"
+    input_norm: str = "l2"
+    # deviation: the paper trains a single head. Training is a non-convex problem whose
+    # restarts differ by many points; num_heads restarts are trained side by side on the same
+    # batches and only the one with the lowest label-free selection score (section 10) is
+    # kept, as SCAN selects its lowest-loss head. The final model is still one head.
+    num_heads: int = 10
+    # --- cached-mode training (spec section 8) ---
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int | None = None  # None: clamp(N // 80, 32, 512) anchors per step
+    epochs: int | None = None  # None: 100 epochs over the anchors, at least min_steps steps
+    min_steps: int = 8000  # small sets need many small steps to converge
+    # --- finetune mode (spec section 8) ---
+    finetune: bool = False
+    unfreeze_last_blocks: int = 1
+    ft_lr: float = 0.1
+    ft_weight_decay: float = 5e-5
+    ft_batch_size: int = 128
+    ft_epochs: int = 50
+    augment: str = "simgcd"
+    init_head_from_cached: bool = True
+
+
+def resolve_scale(cfg: UnicConfig, n: int, num_clusters: int, kmax: int) -> UnicConfig:
+    """Fill the N- and C-dependent defaults (neighbour count, batch size, epochs)."""
+    pos_k = cfg.pos_k or max(1, min(20, n // (2 * num_clusters), kmax))
+    batch = cfg.batch_size or int(np.clip(n // 80, 32, 512))
+    batch = min(batch, n)
+    steps_per_epoch = max(1, math.ceil(n / batch))
+    epochs = cfg.epochs or max(100, math.ceil(cfg.min_steps / steps_per_epoch))
+    return replace(cfg, pos_k=pos_k, clean_m=cfg.clean_m or pos_k, batch_size=batch, epochs=epochs)
+
+
+def validate(cfg: UnicConfig, kmax: int, num_clusters: int) -> None:
+    """One-line errors naming the field (spec 12.9)."""
+    if num_clusters < 2:
+        raise UserError(f"num_clusters={num_clusters}: UNIC needs at least 2 clusters")
+    for name in ("pos_k", "clean_m"):
+        if getattr(cfg, name) > kmax:
+            raise UserError(
+                f"{name}={getattr(cfg, name)} exceeds kmax={kmax}; mine more "
+                "neighbours (--kmax) or lower it"
+            )
+    if cfg.neg_rule not in NEG_RULES:
+        raise UserError(f"unknown neg_rule '{cfg.neg_rule}'; valid: {', '.join(NEG_RULES)}")
+    if cfg.empty_policy not in ("skip", "self", "top1"):
+        raise UserError(f"empty_policy must be skip, self or top1, got '{cfg.empty_policy}'")
+    if cfg.pos_weighting not in ("uniform", "shared"):
+        raise UserError(f"pos_weighting must be uniform or shared, got '{cfg.pos_weighting}'")
+
+
+class PairSampler:
+    """Draws (anchor, positive, negatives, mask) index batches from the cleaned tables."""
+
+    def __init__(
+        self,
+        cfg: UnicConfig,
+        positives: PositiveTable,
+        nbr: np.ndarray,
+        negatives: NegativeSampler | None,
+    ) -> None:
+        self.cfg = cfg
+        self.idx = torch.from_numpy(positives.idx)
+        self.count = torch.from_numpy(positives.count)
+        self.weight = torch.from_numpy(positives.shared).float().clamp(min=1e-3)
+        self.top1 = torch.from_numpy(np.ascontiguousarray(nbr[:, 0]))
+        self.negatives = negatives
+        if cfg.empty_policy == "skip" and int(self.count.sum()) == 0:
+            raise UserError(
+                "cleaning left no positive pair at all; lower min_shared_frac "
+                "or use clean_rule=none"
+            )
+
+    def sample(self, batch: int, gen: torch.Generator) -> dict[str, Tensor]:
+        n = len(self.count)
+        anchors = torch.randint(0, n, (batch,), generator=gen)
+        count = self.count[anchors]
+        if self.cfg.pos_weighting == "shared":
+            w = self.weight[anchors] * (torch.arange(self.idx.shape[1]) < count[:, None])
+            slot = torch.multinomial(w + (count[:, None] == 0), 1, generator=gen).squeeze(1)
+        else:
+            slot = (torch.rand(batch, generator=gen) * count.clamp(min=1)).long()
+        positives = self.idx[anchors, slot]
+        mask = count > 0
+        if self.cfg.empty_policy == "top1":
+            positives = torch.where(mask, positives, self.top1[anchors])
+            mask = torch.ones_like(mask)
+        else:  # skip (masked) or self (an anchor/self pair, unmasked)
+            positives = torch.where(mask, positives, anchors)
+            mask = mask | (self.cfg.empty_policy == "self")
+        out = {"anchor": anchors, "positive": positives, "pos_mask": mask}
+        if self.negatives is not None:
+            out["negative"] = self.negatives.sample(anchors, self.cfg.n_neg, gen)
+        return out
+
+
+class _CachedSteps:
+    """Batches of embedding rows for the head."""
+
+    def __init__(
+        self, sampler: PairSampler, features: Tensor, batch: int, seed: int, rank: int
+    ) -> None:
+        self.sampler, self.features, self.batch = sampler, features, batch
+        self.seed, self.rank = seed, rank
+
+    def batches(self, epoch: int, steps: int) -> Iterator[dict[str, Tensor]]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7919 + epoch)
+        for _ in range(steps):
+            ids = self.sampler.sample(self.batch, gen)
+            out = {
+                "anchor": self.features[ids["anchor"]],
+                "positive": self.features[ids["positive"]],
+                "pos_mask": ids["pos_mask"],
+            }
+            if "negative" in ids:
+                out["negative"] = self.features[ids["negative"].flatten()]
+            yield out
+
+    def training_step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        return unic_step(model, batch, self.sampler.cfg)
+
+
+def unic_step(model: nn.Module, batch: dict[str, Tensor], cfg: UnicConfig) -> tuple[Tensor, dict]:
+    """One forward over [anchors; positives; negatives] and the UNIC loss (spec section 7).
+
+    # deviation: under DDP the entropy term uses each worker's local batch mean, not the
+    # spec's all-gathered global mean (identical with one worker; close for large batches).
+    """
+    anchors, positives = batch["anchor"], batch["positive"]
+    parts = [anchors, positives] + ([batch["negative"]] if "negative" in batch else [])
+    logits = model(torch.cat(parts))
+    heads = logits if logits.ndim == 3 else logits[None]  # (R, 2B + B*n_neg, C)
+    b = len(anchors)
+    total, sums = 0.0, {}
+    # Restarts share the batch; losses are summed so each head gets its own full gradient
+    # (a mean would shrink it by R and let weight decay dominate); logs are averaged.
+    for out in heads:
+        neg = out[2 * b :].view(b, -1, out.shape[-1]) if "negative" in batch else None
+        loss, logs = neighbor_clustering_loss(
+            out[:b], out[b : 2 * b], neg, batch["pos_mask"], cfg.w_pos, cfg.w_neg, cfg.w_ent
+        )
+        total = total + loss
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0.0) + v / len(heads)
+    return total, sums
+
+
+class Unic(ClusteringMethod):
+    Config = UnicConfig
+    needs = frozenset({"embeddings", "neighbors"})
+    trainable = True
+    # spec section 10: raw top-5 consistency + random-partner separation - H(mean prediction)
+    objective = "selection_score"
+    smoke = {"min_steps": 200, "num_heads": 2}
+
+    def _prepare(self, inputs: FitInputs) -> tuple[UnicConfig, PairSampler]:
+        n, kmax = inputs.neighbors.shape
+        cfg = resolve_scale(self.config, n, inputs.num_clusters, kmax)
+        validate(cfg, kmax, inputs.num_clusters)
+        positives = clean_positives(
+            inputs.neighbors,
+            cfg.pos_k,
+            cfg.clean_rule,
+            m=cfg.clean_m,
+            min_shared_frac=cfg.min_shared_frac,
+            spread_drop_frac=cfg.spread_drop_frac,
+        )
+        negatives = None
+        if cfg.neg_rule != "none" and cfg.w_neg:
+            rho = cfg.neg_min_rank_frac if cfg.neg_rule == "far_rank" else 0.0
+            thresholds = negative_thresholds(
+                inputs.embeddings, rho, cfg.neg_ref_size, seed=inputs.seed
+            )
+            negatives = NegativeSampler(
+                inputs.embeddings,
+                inputs.neighbors,
+                thresholds,
+                cfg.pos_k,
+                cfg.clean_m,
+                cfg.neg_exclude_shared and cfg.neg_rule == "far_rank",
+                cfg.neg_tries,
+            )
+        self.diagnostics = {
+            "kept_pair_frac": positives.kept_fraction(),
+            "empty_anchor_frac": positives.empty_fraction(),
+        }
+        self.positives = positives
+        self.resolved = cfg
+        return cfg, PairSampler(cfg, positives, inputs.neighbors, negatives)
+
+    def fit(self, inputs: FitInputs, hooks: loop.LoopHooks | None = None) -> dict[str, float]:
+        hooks = hooks or loop.LoopHooks()
+        torch.manual_seed(inputs.seed)
+        cfg, sampler = self._prepare(inputs)
+        features = torch.from_numpy(inputs.embeddings)
+        heads = []
+        for _ in range(cfg.num_heads):
+            one = ClusterHead(features.shape[1], inputs.num_clusters, cfg.head, cfg.input_norm)
+            one.fit_standardization(features)
+            heads.append(one)
+        head = MultiHead(heads) if cfg.num_heads > 1 else heads[0]
+        batch = max(1, cfg.batch_size // hooks.world_size)
+        steps = _CachedSteps(sampler, features, batch, inputs.seed, hooks.world_rank)
+        cached_loop = loop.LoopConfig(
+            epochs=cfg.epochs,
+            steps_per_epoch=math.ceil(len(features) / cfg.batch_size),
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            report_every=max(1, cfg.epochs // 10),  # ~10 checkpoints: cached epochs are short
+        )
+        if cfg.finetune:
+            self.model = self._finetune(inputs, head, steps, cached_loop, hooks)
+        else:
+            self.model = self._select_head(loop.fit(head, steps, cached_loop, hooks), inputs)
+        self.diagnostics[self.objective] = self.selection_score(inputs)
+        return dict(self.diagnostics)
+
+    def _select_head(self, trained: nn.Module, inputs: FitInputs) -> ClusterHead:
+        """The restart with the lowest label-free selection score (ties: lowest index)."""
+        trained = trained.cpu().eval()
+        if not isinstance(trained, MultiHead):
+            return trained
+        scores = []
+        for head in trained.heads:
+            self.model = head
+            scores.append(self.selection_score(inputs))
+        best = int(np.argmin(scores))
+        finite = [s for s in scores if math.isfinite(s)]
+        self.diagnostics.update(
+            selected_head=best, score_spread=float(np.ptp(finite)) if finite else 0.0
+        )
+        return trained.heads[best]
+
+    def _finetune(
+        self,
+        inputs: FitInputs,
+        head: ClusterHead,
+        cached: _CachedSteps,
+        cached_loop: loop.LoopConfig,
+        hooks: loop.LoopHooks,
+    ) -> nn.Module:
+        """Spec section 8, finetune mode: warm-start the head on embeddings, then train the last
+        backbone blocks + head on augmented images of anchors, positives and negatives."""
+        from trainables.finetune import BackboneWithHead, FinetuneSteps, build_trainable_backbone
+
+        cfg = self.resolved
+        if inputs.images is None or inputs.backbone is None:
+            raise UserError("finetune mode needs the fit split's images and backbone name")
+        if cfg.init_head_from_cached:  # same seed on every worker -> identical warm starts
+            head = loop.fit(head, cached, cached_loop, loop.LoopHooks(device=hooks.device))
+            head = self._select_head(head, inputs)
+        elif isinstance(head, MultiHead):  # no warm start: keep the first restart
+            head = head.heads[0]
+        backbone = build_trainable_backbone(
+            inputs.backbone, inputs.backbone_weights, cfg.unfreeze_last_blocks
+        )
+        model = BackboneWithHead(backbone, head)
+        batch = max(1, min(cfg.ft_batch_size, len(inputs.embeddings)) // hooks.world_size)
+        steps = FinetuneSteps(
+            cached.sampler,
+            inputs.images,
+            backbone.pretrained_cfg,
+            cfg.augment,
+            batch,
+            inputs.seed,
+            hooks.world_rank,
+            lambda m, b: unic_step(m, b, cfg),
+        )
+        ft_loop = loop.LoopConfig(
+            epochs=cfg.ft_epochs,
+            steps_per_epoch=math.ceil(len(inputs.embeddings) / (batch * hooks.world_size)),
+            lr=cfg.ft_lr,
+            weight_decay=cfg.ft_weight_decay,
+            optimizer="sgd",
+            schedule="cosine",
+        )
+        return loop.fit(model, steps, ft_loop, hooks).cpu().eval()
+
+    def predict_images(self, images, batch_size: int = 64) -> np.ndarray:
+        """Cluster ids of an ImageSet through the finetuned backbone + head (eval geometry)."""
+        from trainables.finetune import embed_images
+
+        feats = embed_images(self.model, images, batch_size)
+        return self.predict(feats)
+
+    @torch.no_grad()
+    def predict_proba(self, embeddings: np.ndarray) -> Tensor:
+        head = self.model.head if hasattr(self.model, "head") else self.model
+        return probs(head(torch.from_numpy(np.ascontiguousarray(embeddings))))
+
+    def predict(self, embeddings: np.ndarray) -> np.ndarray:
+        return self.predict_proba(embeddings).argmax(1).numpy().astype(np.int64)
+
+    @torch.no_grad()
+    def selection_score(self, inputs: FitInputs) -> float:
+        """Label-free model selection (spec section 10); lower is better.
+
+        Fixed 10k anchors (seed 0): mean -log<p_i, p_j> over raw top-5 neighbours, plus
+        -log(1 - <p_i, p_r>) for one fixed random partner, minus H(mean p). Degenerate runs
+        (cluster-size entropy < 0.9 log C, or an empty cluster) score +inf.
+        """
+        p = self.predict_proba(inputs.embeddings)
+        n, c = p.shape
+        rng = np.random.default_rng(0)
+        anchors = torch.from_numpy(rng.choice(n, min(n, 10_000), replace=False))
+        partner = torch.from_numpy(rng.integers(0, n, len(anchors)))
+        top5 = torch.from_numpy(inputs.neighbors[anchors.numpy(), :5])
+        pa = p[anchors]
+        pos = -torch.log((pa[:, None, :] * p[top5]).sum(-1) + 1e-8).mean()
+        neg = -torch.log1p(-(pa * p[partner]).sum(-1) + 1e-8).mean()
+        pbar = p.mean(0)
+        entropy = -(pbar * pbar.clamp(min=1e-8).log()).sum()
+        sizes = np.bincount(p.argmax(1).numpy(), minlength=c) / n
+        size_entropy = -(sizes[sizes > 0] * np.log(sizes[sizes > 0])).sum()
+        if (sizes == 0).any() or size_entropy < 0.9 * math.log(c):
+            return math.inf
+        return float(pos + neg - entropy)

@@ -1,0 +1,90 @@
+"""Thin Ray Train adapters: driver -> ``TorchTrainer`` -> worker -> ``method.fit`` (the one loop).
+
+The worker injects Ray into the loop's hooks: ``prepare_model`` (DDP: gloo on CPU, NCCL on GPU),
+``report`` (every epoch; rank 0 attaches a checkpoint) and the resume state from
+``ray.train.get_checkpoint()``. Train V2 restores a run started again with the same
+``(storage_path, name)``, so a killed job resumes from its last epoch when re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.torch as rtt
+import torch
+
+from trainables import inputs as job_inputs
+from trainables.loop import LoopHooks
+
+log = logging.getLogger(__name__)
+STATE_FILE = "state.pt"
+
+
+def _resume_state() -> dict[str, Any] | None:
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def train_worker(job: dict[str, Any]) -> None:
+    """Runs on every Train worker."""
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    method, fit_inputs = job_inputs.build(job)
+
+    def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            checkpoint = None
+            if rank == 0:
+                torch.save(state, Path(directory) / STATE_FILE)
+                checkpoint = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report(metrics, checkpoint=checkpoint)  # every rank: it is a barrier
+
+    resume_state = _resume_state()
+    hooks = LoopHooks(
+        prepare_model=rtt.prepare_model,
+        report=report,
+        resume_state=resume_state,
+        device=rtt.get_device(),
+        world_rank=rank,
+        world_size=world,
+    )
+    diagnostics = method.fit(fit_inputs, hooks)
+    diagnostics["resumed_from_epoch"] = int(resume_state["epoch"]) if resume_state else 0
+    if rank == 0:
+        out = Path(job["work_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / "predictions.npy", job_inputs.predict_eval(method, job))
+        (out / "diagnostics.json").write_text(json.dumps(diagnostics, default=float))
+
+
+def train(
+    job: dict[str, Any], num_workers: int, use_gpu: bool, storage: Path, name: str
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Run ``job`` on ``num_workers`` DDP workers; returns (eval predictions, diagnostics)."""
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    trainer = rtt.TorchTrainer(
+        train_worker,
+        train_loop_config=job,
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(storage.resolve()),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=1),
+        ),
+        torch_config=rtt.TorchConfig(backend="nccl" if use_gpu else "gloo"),
+    )
+    trainer.fit()
+    out = Path(job["work_dir"])
+    return np.load(out / "predictions.npy"), json.loads((out / "diagnostics.json").read_text())
