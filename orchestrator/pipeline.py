@@ -74,6 +74,12 @@ class MethodRun:
     subset: int | None = None  # first n images (finetune smoke runs)
 
 
+def _absolute(name: str) -> str:
+    """``parquet:``/``folder:`` names with an absolute path (Ray workers have another cwd)."""
+    prefix, sep, path = name.partition(":")
+    return f"{prefix}:{Path(path).resolve()}" if sep and prefix in ("parquet", "folder") else name
+
+
 def _job(
     run: MethodRun,
     splits: BenchmarkSplits,
@@ -92,8 +98,8 @@ def _job(
         "fit_embeddings": fit_emb.meta["path"],
         "eval_embeddings": eval_emb.meta["path"],
         "neighbors": nbr_meta.get("path"),
-        "dataset": splits.spec.name,
-        "data_root": str(settings.data_root),
+        "dataset": _absolute(splits.spec.name),
+        "data_root": str(settings.data_root.resolve()),
         "fit_split": splits.spec.fit_split,
         "eval_split": splits.spec.eval_split,
         "subset": run.subset,

@@ -130,7 +130,7 @@ def _settings(args: argparse.Namespace, explicit_root: bool):
     return SweepSettings(
         data_root=data_root,
         download=args.download,
-        output=Path(args.output),
+        output=Path(args.output).resolve(),  # Ray workers run elsewhere
         backbone=args.backbone,
         weights_file=args.backbone_weights,
         methods=methods,

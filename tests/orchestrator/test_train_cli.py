@@ -41,9 +41,10 @@ def _metrics(out):
 
 def test_cached_mode_run_writes_the_sweep_artifacts(tiny_parquet, tmp_path):
     out = tmp_path / "out"
+    # relative --output and dataset path from another cwd: Ray workers must get absolute paths
     proc = subprocess.run(
-        train_cmd(tiny_parquet, out, "--set", "min_steps=100", "--set", "num_heads=2"),
-        cwd=REPO,
+        train_cmd(tiny_parquet.name, "out", "--set", "min_steps=100", "--set", "num_heads=2"),
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=600,

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from deepclust.errors import UserError
+from deepclust.neighbors import clean_positives
+from trainables.methods import METHODS
+from trainables.methods.unic import PairSampler, UnicConfig, resolve_scale, validate
+
+
+@pytest.mark.parametrize(
+    "n,c,pos_k,batch",
+    [
+        (10_000, 10, 20, 125),
+        (1_797, 10, 20, 32),
+        (100, 10, 5, 32),
+        (1_281_167, 1000, 20, 512),
+        (20, 2, 5, 20),
+    ],
+)
+def test_scale_rules_follow_n_and_c(n, c, pos_k, batch):
+    cfg = resolve_scale(UnicConfig(), n, c, kmax=50)
+    assert (cfg.pos_k, cfg.batch_size, cfg.clean_m) == (pos_k, batch, pos_k)
+    steps = cfg.epochs * -(-n // cfg.batch_size)
+    assert cfg.epochs >= 100 and steps >= 8000
+
+
+def test_explicit_values_win_and_are_validated():
+    cfg = resolve_scale(UnicConfig(pos_k=60), 1000, 10, kmax=50)
+    with pytest.raises(UserError, match="pos_k=60 exceeds kmax=50"):
+        validate(cfg, 50, 10)
+    with pytest.raises(UserError, match="at least 2 clusters"):
+        validate(resolve_scale(UnicConfig(), 1000, 1, 50), 50, 1)
+    with pytest.raises(UserError, match="unknown neg_rule"):
+        validate(resolve_scale(UnicConfig(neg_rule="far"), 1000, 10, 50), 50, 10)
+
+
+def test_unic_never_asks_for_labels():
+    assert METHODS.get("unic").uses_labels is False
+
+
+def test_all_empty_cleaning_is_a_clear_error():
+    nbr = np.array([[1, 2], [2, 0], [0, 1], [4, 5], [5, 3], [3, 4]])
+    table = clean_positives(nbr, 2, "pair_overlap", min_shared_frac=1.0)
+    assert table.count.sum() == 0
+    with pytest.raises(UserError, match="no positive pair"):
+        PairSampler(UnicConfig(pos_k=2), table, nbr, None)
+
+
+def test_empty_anchor_policies():
+    import torch
+
+    nbr = np.array([[1, 2], [0, 2], [0, 1], [1, 0]])
+    table = clean_positives(nbr, 2, "none")
+    table.count[3] = 0  # anchor 3 has nothing left
+    gen = torch.Generator().manual_seed(0)
+    for policy, mask_value, positive in [("skip", False, 3), ("self", True, 3), ("top1", True, 1)]:
+        sampler = PairSampler(UnicConfig(pos_k=2, empty_policy=policy), table, nbr, None)
+        batch = sampler.sample(64, gen)
+        rows = batch["anchor"] == 3
+        assert rows.any()
+        assert (batch["pos_mask"][rows] == mask_value).all()
+        assert (batch["positive"][rows] == positive).all()
