@@ -47,11 +47,16 @@ def _member(sorted_lists: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return sorted_lists.gather(-1, pos) == values
 
 
-def shared_counts(nbr: np.ndarray, pos_k: int, m: int) -> np.ndarray:
-    """shared[i, a] = |nbr[i, :m] ∩ nbr[j, :m]| for j = nbr[i, a], a < pos_k. (N, pos_k) int."""
+def _sorted_lists(nbr: np.ndarray, pos_k: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The table as a tensor and its first ``m`` columns sorted per row (for membership)."""
     check_table(nbr, pos_k=pos_k, clean_m=m)
     nbr_t = torch.from_numpy(np.ascontiguousarray(nbr))
-    lists = nbr_t[:, :m].sort(dim=1).values
+    return nbr_t, nbr_t[:, :m].sort(dim=1).values
+
+
+def shared_counts(nbr: np.ndarray, pos_k: int, m: int) -> np.ndarray:
+    """shared[i, a] = |nbr[i, :m] ∩ nbr[j, :m]| for j = nbr[i, a], a < pos_k. (N, pos_k) int."""
+    nbr_t, lists = _sorted_lists(nbr, pos_k, m)
     out = torch.empty((len(nbr), pos_k), dtype=torch.int32)
     for s in range(0, len(nbr), _CHUNK):
         cand = nbr_t[s : s + _CHUNK, :pos_k]  # (c, pos_k)
@@ -63,9 +68,7 @@ def shared_counts(nbr: np.ndarray, pos_k: int, m: int) -> np.ndarray:
 
 def vote_counts(nbr: np.ndarray, pos_k: int, m: int) -> np.ndarray:
     """votes[i, a] = #{q in nbr[i, :pos_k] : nbr[i, a] in nbr[q, :m]}. (N, pos_k) int."""
-    check_table(nbr, pos_k=pos_k, clean_m=m)
-    nbr_t = torch.from_numpy(np.ascontiguousarray(nbr))
-    lists = nbr_t[:, :m].sort(dim=1).values
+    nbr_t, lists = _sorted_lists(nbr, pos_k, m)
     out = torch.empty((len(nbr), pos_k), dtype=torch.int32)
     for s in range(0, len(nbr), _CHUNK):
         cand = nbr_t[s : s + _CHUNK, :pos_k]  # (c, pos_k): both the voters q and the voted j

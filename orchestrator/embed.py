@@ -25,7 +25,7 @@ from deepclust.backbones import backbone_preprocess, build_backbone, weights_fin
 from deepclust.datasets import ImageSet
 from deepclust.embedder import Embedder
 from deepclust.errors import UserError
-from deepclust.preprocess import decode_batch
+from deepclust.preprocess import Preprocess, decode_batch
 from orchestrator.ray_env import ClusterResources, RaySession
 
 log = logging.getLogger(__name__)
@@ -108,11 +108,11 @@ def ensure_embeddings(
     # Build the backbone once in the driver before any actor starts: a missing weights file or
     # an unreachable hub fails here as one clean line instead of as a dying Ray actor (and
     # the hub download lands in this node's cache).
-    build_backbone(opts.backbone, opts.weights_file)
+    _, preprocess = build_backbone(opts.backbone, opts.weights_file)
     tmp = store.begin(directory)
     t0 = time.perf_counter()
     try:
-        _run_pipeline(imageset, opts, ray_session.resources(), tmp)
+        _run_pipeline(imageset, opts, preprocess, ray_session.resources(), tmp)
         _report_bad_images(tmp, imageset)
         n = sum(pq.ParquetFile(p).metadata.num_rows for p in tmp.glob("*.parquet"))
         if n != len(imageset):
@@ -135,9 +135,8 @@ def ensure_embeddings(
 
 
 def _run_pipeline(
-    imageset: ImageSet, opts: EmbedOptions, res: ClusterResources, out_dir: Path
+    imageset: ImageSet, opts: EmbedOptions, pp: Preprocess, res: ClusterResources, out_dir: Path
 ) -> None:
-    pp = backbone_preprocess(opts.backbone)
     ctor = {"backbone": opts.backbone, "weights_file": opts.weights_file}
     if res.gpus:
         # One actor per GPU; decode stays on separate CPU tasks (different resource asks keep
