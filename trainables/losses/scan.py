@@ -1,0 +1,78 @@
+"""SCAN's clustering loss and its self-labelling cross-entropy.
+
+References:
+    Van Gansbeke et al., "SCAN: Learning to Classify Images without Labels", ECCV 2020:
+    Eq. 2 (consistency of an anchor with a mined neighbour, minus lambda times the entropy of
+    the mean prediction) and Sec. 3.3 / Eq. 4 (self-labelling: cross-entropy of a strongly
+    augmented view against the confident predictions of the weak view, class-balanced).
+    Behaviour details: shared/spec/baselines.md sections 4.4 and 4.7.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from trainables.losses.neighbors import entropy_term, positive_loss, probs
+
+
+def scan_loss(
+    anchor_logits: Tensor, neighbor_logits: Tensor, entropy_weight: float = 5.0
+) -> tuple[Tensor, dict]:
+    """L = -(1/B) sum_i log<p(a_i), p(n_i)> - lambda * H(pbar), pbar = mean_i p(a_i).
+
+    Args:
+        anchor_logits: (B, C). neighbor_logits: (B, C), one sampled neighbour per anchor.
+        entropy_weight: lambda (5 in every SCAN config).
+    Returns:
+        (loss scalar, {"loss/consistency", "loss/entropy"}) with entropy = H(pbar) >= 0.
+    """
+    consistency = positive_loss(anchor_logits, neighbor_logits)
+    neg_entropy = entropy_term(anchor_logits)  # sum pbar log pbar = -H(pbar)
+    loss = consistency + entropy_weight * neg_entropy
+    return loss, {
+        "loss/consistency": float(consistency.detach()),
+        "loss/entropy": float(-neg_entropy.detach()),
+    }
+
+
+def confidence_mask(weak_logits: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """(B, C) logits -> ((B,) bool max-probability > threshold, (B,) argmax targets)."""
+    conf, target = probs(weak_logits).max(-1)
+    return conf > threshold, target
+
+
+def selflabel_loss(
+    weak_logits: Tensor, strong_logits: Tensor, threshold: float = 0.99, balanced: bool = True
+) -> tuple[Tensor, dict]:
+    """SCAN's confidence-based cross-entropy (self-labelling stage).
+
+    Targets are argmax p(weak) where max p(weak) > threshold (no gradient through them); the
+    loss is the cross-entropy of the strong view's logits on those rows. With ``balanced``,
+    class c is weighted n_masked / count_c (count over the masked rows; classes without a
+    confident row keep weight 1) and the loss is the weighted mean sum w_y nll / sum w_y.
+
+    Args:
+        weak_logits: (B, C). strong_logits: (B, C).
+    Raises:
+        ValueError: no row passes the threshold (the caller turns it into a clear error).
+    """
+    if weak_logits.shape != strong_logits.shape or weak_logits.ndim != 2:
+        raise ValueError(
+            f"weak and strong logits must both be (B, C), got {tuple(weak_logits.shape)} and "
+            f"{tuple(strong_logits.shape)}"
+        )
+    mask, target = confidence_mask(weak_logits.detach(), threshold)
+    n_masked = int(mask.sum())
+    if n_masked == 0:
+        raise ValueError(f"no prediction is more confident than threshold={threshold}")
+    target = target[mask]
+    weight = None
+    if balanced:
+        counts = torch.bincount(target, minlength=weak_logits.shape[1]).float()
+        weight = torch.ones_like(counts)
+        present = counts > 0
+        weight[present] = n_masked / counts[present]
+    loss = F.cross_entropy(strong_logits[mask].float(), target, weight=weight)
+    return loss, {"selflabel/confident_frac": n_masked / len(mask)}
