@@ -171,9 +171,17 @@ class ArtifactStore:
 
     # --- run results ------------------------------------------------------------------------
     @staticmethod
-    def write_run(directory: Path, predictions: np.ndarray, metrics: dict[str, Any]) -> None:
-        """predictions.parquet then metrics.json (the completion marker), atomically."""
+    def write_run(
+        directory: Path,
+        predictions: np.ndarray,
+        metrics: dict[str, Any],
+        extra_files: dict[str, Path] | None = None,
+    ) -> None:
+        """predictions.parquet (+ ``extra_files`` copied in, e.g. the model state a later
+        stage starts from) then metrics.json (the completion marker), atomically."""
         tmp = ArtifactStore.begin(directory)
+        for name, src in (extra_files or {}).items():
+            shutil.copyfile(src, tmp / name)
         pq.write_table(
             pa.table(
                 {

@@ -44,6 +44,9 @@ def build_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
         nbr_cols = sorted(c for c in group.columns if c.startswith("nbr_precision@"))
         for c in nbr_cols:
             row[c] = float(group[c].mean())
+        # wall seconds per run, a staged method's parent stage included
+        total = group["seconds_total"] if "seconds_total" in group else group["seconds"]
+        row["seconds"] = float(total.fillna(group["seconds"]).mean())
         row["objective"] = group["objective"].iloc[0]
         row["n_eval"] = int(group["n_eval"].iloc[0])
         rows.append(row)
@@ -61,6 +64,7 @@ def to_markdown(table: pd.DataFrame) -> str:
         "NMI",
         "ARI",
         "kNN prec@20",
+        "s/run",
         "objective",
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -81,6 +85,7 @@ def to_markdown(table: pd.DataFrame) -> str:
             fmt("nmi"),
             fmt("ari"),
             "-" if pd.isna(prec) else f"{100 * prec:.2f}",
+            f"{r['seconds']:.0f}",
             r["objective"],
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")

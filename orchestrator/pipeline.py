@@ -21,6 +21,7 @@ from deepclust.metrics import clustering_metrics
 from orchestrator.embed import EmbedOptions, ensure_embeddings
 from orchestrator.mine import ensure_neighbors
 from orchestrator.ray_env import RaySession
+from trainables import inputs
 from trainables.methods import METHODS, FitInputs
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def _absolute(name: str) -> str:
 
 def _job(
     run: MethodRun,
+    init_state: Path | None,
     splits: BenchmarkSplits,
     fit_emb: Embeddings,
     eval_emb: Embeddings,
@@ -106,6 +108,7 @@ def _job(
         "backbone": settings.backbone,
         "backbone_weights": settings.weights_file,
         "work_dir": str(work_dir),
+        "init_state": str(init_state) if init_state else None,
     }
 
 
@@ -119,12 +122,31 @@ def run_method(
     store: ArtifactStore,
     ray_session: RaySession,
 ) -> dict[str, Any]:
-    """Fit, predict the eval split, score, and write the run's artifacts (cached by key)."""
+    """Fit, predict the eval split, score, and write the run's artifacts (cached by key).
+
+    A staged method (``starts_from``) first gets its parent run (same seed, the parent's
+    default config; cached like any run) and starts from the parent's saved state.
+    """
     method_cls = METHODS.get(run.method)
     config_dict = to_dict(from_dict(method_cls.Config, run.config))
     nbr_meta = neighbors[1]
+    parent, parent_key, init_state = None, None, None
+    if method_cls.starts_from:
+        parent = run_method(
+            MethodRun(method_cls.starts_from, run.seed, workers=run.workers, subset=run.subset),
+            splits,
+            fit_emb,
+            eval_emb,
+            neighbors,
+            settings,
+            store,
+            ray_session,
+        )
+        parent_key = parent["key"]
+        init_state = Path(parent["run_dir"]) / inputs.STATE_FILE
     key = stable_key(
         {
+            **({"parent": parent_key} if parent_key else {}),
             "fit": fit_emb.meta["key"],
             "eval": eval_emb.meta["key"],
             "method": run.method,
@@ -139,16 +161,22 @@ def run_method(
         splits.fit.name, settings.backbone, f"{run.method}-{config_hash}", run.seed
     )
     previous = store.read_run(run_dir)
-    if previous is not None and previous.get("key") == key:
+    if (
+        previous is not None
+        and previous.get("key") == key
+        and (method_cls.starts_from is None or init_state.exists())
+    ):
         log.info("%s/%s seed %d: cached", splits.fit.name, run.method, run.seed)
         return previous
     t0 = time.perf_counter()
+    state_file: Path | None = None
     if method_cls.trainable:
         from trainables import ray_train
 
         resources = ray_session.resources()
         job = _job(
             run,
+            init_state,
             splits,
             fit_emb,
             eval_emb,
@@ -163,6 +191,7 @@ def run_method(
             store.root / "ray",
             name=f"{run.method}-{splits.fit.split}-seed{run.seed}-{key[:10]}",
         )
+        state_file = Path(job["work_dir"]) / inputs.STATE_FILE
     else:
         method = method_cls(from_dict(method_cls.Config, run.config))
         diagnostics = method.fit(
@@ -172,9 +201,16 @@ def run_method(
                 seed=run.seed,
                 neighbors=neighbors[0] if "neighbors" in method_cls.needs else None,
                 labels=fit_emb.labels if method_cls.uses_labels else None,
+                init_state=inputs.load_state(str(init_state) if init_state else None),
             )
         )  # leak guard
         predictions = method.predict(eval_emb.features)
+        state = method.export_state()
+        if state is not None:
+            import torch
+
+            state_file = run_dir.with_name(run_dir.name + ".state.pt")
+            torch.save(state, state_file)
     metrics = clustering_metrics(eval_emb.labels[: len(predictions)], predictions)
     result = {
         "key": key,
@@ -195,8 +231,13 @@ def run_method(
         **metrics,
         **{k: v for k, v in nbr_meta.items() if k.startswith("nbr_precision@")},
         "seconds": round(time.perf_counter() - t0, 2),
+        "seconds_total": round(time.perf_counter() - t0 + (parent or {}).get("seconds", 0), 2),
+        "run_dir": str(run_dir),
     }
-    store.write_run(run_dir, predictions, result)
+    extra = {inputs.STATE_FILE: state_file} if state_file and state_file.exists() else None
+    store.write_run(run_dir, predictions, result, extra)
+    if state_file is not None and state_file.name.endswith(".state.pt"):
+        state_file.unlink(missing_ok=True)
     log.info(
         "%s/%s seed %d: acc=%.4f nmi=%.4f ari=%.4f (%s)",
         splits.fit.name,
@@ -205,7 +246,7 @@ def run_method(
         metrics["acc"],
         metrics["nmi"],
         metrics["ari"],
-        ", ".join(f"{k}={v:.3g}" for k, v in diagnostics.items()),
+        ", ".join(f"{k}={v:.3g}" for k, v in diagnostics.items() if isinstance(v, int | float)),
     )
     return result
 

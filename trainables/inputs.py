@@ -13,6 +13,14 @@ from deepclust.artifacts import ArtifactStore
 from deepclust.config import from_dict
 from trainables.methods import METHODS, ClusteringMethod, FitInputs
 
+STATE_FILE = "model_state.pt"  # a run's export_state(), kept for the stages that start from it
+
+
+def load_state(path: str | None) -> dict[str, Any] | None:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False) if path else None
+
 
 def _images(job: dict[str, Any], split_key: str):
     from deepclust.datasets import resolve_dataset
@@ -40,6 +48,7 @@ def build(job: dict[str, Any]) -> tuple[ClusteringMethod, FitInputs]:
         images=_images(job, "fit_split") if finetune else None,
         backbone=job.get("backbone"),
         backbone_weights=job.get("backbone_weights"),
+        init_state=load_state(job.get("init_state")),
     )
     return method, inputs
 

@@ -27,16 +27,20 @@ class LoopConfig:
     steps_per_epoch: int
     lr: float
     weight_decay: float = 0.0
-    optimizer: str = "adam"  # adam | sgd (momentum 0.9)
+    optimizer: str = "adam"  # adam | adamw (no decay on biases/1-D params) | sgd (momentum 0.9)
     schedule: str = "constant"  # constant | cosine (to lr * min_lr_ratio)
     min_lr_ratio: float = 1e-3
+    warmup_steps: int = 0  # linear warm-up from 0 before the schedule
     grad_clip: float = 0.0  # 0 disables
     amp: bool = True  # bf16 autocast on CUDA only
     report_every: int = 1  # epochs between reports/checkpoints (and always the last epoch)
 
 
 class TrainSteps(Protocol):
-    """What a trainable method gives the loop."""
+    """What a trainable method gives the loop.
+
+    Optionally also ``after_step(model)``, called after every optimiser step (EMA teachers).
+    """
 
     def batches(self, epoch: int, steps: int) -> Iterator[dict[str, Tensor]]: ...
 
@@ -59,12 +63,21 @@ class LoopHooks:
 def _optimizer(params, cfg: LoopConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        params = list(params)
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    raise ValueError(f"optimizer must be adam or sgd, got {cfg.optimizer!r}")
+    raise ValueError(f"optimizer must be adam, adamw or sgd, got {cfg.optimizer!r}")
 
 
 def _lr_at(cfg: LoopConfig, step: int, total: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * step / cfg.warmup_steps
     if cfg.schedule == "constant":
         return cfg.lr
     floor = cfg.lr * cfg.min_lr_ratio
@@ -88,6 +101,7 @@ def fit(model: nn.Module, steps: TrainSteps, cfg: LoopConfig, hooks: LoopHooks) 
         log.info("resumed from the end of epoch %d", start_epoch)
     wrapped = hooks.prepare_model(model)
     total = cfg.epochs * cfg.steps_per_epoch
+    after_step = getattr(steps, "after_step", None)
     autocast = cfg.amp and hooks.device.type == "cuda"
     for epoch in range(start_epoch, cfg.epochs):
         wrapped.train()
@@ -109,6 +123,8 @@ def fit(model: nn.Module, steps: TrainSteps, cfg: LoopConfig, hooks: LoopHooks) 
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+            if after_step is not None:
+                after_step(model)
             for k, v in {"loss/train": float(loss.detach()), **logs}.items():
                 sums[k] = sums.get(k, 0.0) + v
         if (epoch + 1) % cfg.report_every and epoch + 1 != cfg.epochs:

@@ -65,6 +65,9 @@ def train_worker(job: dict[str, Any]) -> None:
         out = Path(job["work_dir"])
         out.mkdir(parents=True, exist_ok=True)
         np.save(out / "predictions.npy", job_inputs.predict_eval(method, job))
+        state = method.export_state()
+        if state is not None:  # what a later stage (starts_from) needs
+            torch.save(state, out / job_inputs.STATE_FILE)
         (out / "diagnostics.json").write_text(json.dumps(diagnostics, default=float))
 
 

@@ -7,11 +7,21 @@ from __future__ import annotations
 
 from deepclust.registry import Registry
 from trainables.methods.base import ClusteringMethod, FitInputs
+from trainables.methods.iic import Iic
 from trainables.methods.kmeans import KMeans
+from trainables.methods.scan import Scan
+from trainables.methods.selflabel import ScanSelfLabel
+from trainables.methods.spice import Spice
+from trainables.methods.temi import Temi
 from trainables.methods.unic import Unic
 
 METHODS: Registry[type[ClusteringMethod]] = Registry("method")
 METHODS.add("kmeans", KMeans)
+METHODS.add("scan", Scan)
+METHODS.add("scan_selflabel", ScanSelfLabel)
+METHODS.add("temi", Temi)
+METHODS.add("iic", Iic)
+METHODS.add("spice", Spice)
 METHODS.add("unic", Unic)
 
 __all__ = ["METHODS", "ClusteringMethod", "FitInputs"]

@@ -26,6 +26,8 @@ class FitInputs:
         neighbors: (N, kmax) int64 mined neighbour indices (self excluded), if needed.
         labels: (N,) int64 ground truth; None unless the method ``uses_labels``.
         images: the fit split's images (same order as embeddings), only for finetuning.
+        init_state: the ``export_state()`` of the run this method ``starts_from`` (a staged
+            method such as SCAN's self-labelling), else None.
     """
 
     embeddings: np.ndarray
@@ -36,6 +38,7 @@ class FitInputs:
     images: Any = None  # deepclust.datasets.ImageSet of the fit split, for finetuning modes
     backbone: str | None = None  # backbone name (and weights file) for finetuning modes
     backbone_weights: str | None = None
+    init_state: dict[str, Any] | None = None
 
 
 class ClusteringMethod(abc.ABC):
@@ -47,6 +50,9 @@ class ClusteringMethod(abc.ABC):
     trainable: ClassVar[bool] = False  # False: fit offline in the driver, no training loop
     # Label-free criterion a search may optimise (objective hygiene: never test accuracy).
     objective: ClassVar[str]
+    # A staged method starts from another registered method's run on the same inputs and
+    # seed (the runner trains or reuses that run and passes its export_state() in init_state).
+    starts_from: ClassVar[str | None] = None
     # Overrides for a laptop-size smoke run (contract tests, --smoke-test); {} = defaults.
     smoke: ClassVar[dict[str, Any]] = {}
 
@@ -62,6 +68,10 @@ class ClusteringMethod(abc.ABC):
         ``hooks`` (a ``trainables.loop.LoopHooks``) carries distribution, reporting and resume
         for trainable methods; offline methods ignore it.
         """
+
+    def export_state(self) -> dict[str, Any] | None:
+        """What a later stage needs to start from this fitted method (None: nothing)."""
+        return None
 
     @abc.abstractmethod
     def predict(self, embeddings: np.ndarray) -> np.ndarray:

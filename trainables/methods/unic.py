@@ -210,7 +210,7 @@ class Unic(ClusteringMethod):
     trainable = True
     # spec section 10: raw top-5 consistency + random-partner separation - H(mean prediction)
     objective = "selection_score"
-    smoke = {"min_steps": 200, "num_heads": 2}
+    smoke = {"epochs": 10, "num_heads": 2}
 
     def _prepare(self, inputs: FitInputs) -> tuple[UnicConfig, PairSampler]:
         n, kmax = inputs.neighbors.shape

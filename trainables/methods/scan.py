@@ -1,0 +1,136 @@
+"""SCAN: neighbour-consistency clustering with entropy, several heads, lowest-loss head kept
+(Van Gansbeke et al., ECCV 2020). Cached-embedding mode (spec: shared/spec/baselines.md 4.8).
+
+Self-labelling is the separate stage ``scan_selflabel`` (trainables/methods/selflabel.py),
+which starts from this method's saved head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from trainables import loop
+from trainables.heads import ClusterHead, MultiHead
+from trainables.losses.neighbors import probs
+from trainables.losses.scan import scan_loss
+from trainables.methods.base import ClusteringMethod, FitInputs
+from trainables.pairs import (
+    NeighborPairs,
+    PairSteps,
+    cached_schedule,
+    check_k,
+    scan_selection_loss,
+)
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    num_neighbors: int = 20  # k (SCAN: 20 for CIFAR/STL, 50 for ImageNet subsets)
+    include_self: bool = True  # sample from the k + 1 entries that include the anchor (official)
+    entropy_weight: float = 5.0  # lambda
+    num_heads: int = 10  # heads trained side by side; the lowest selection loss is kept
+    head: str = "linear"
+    # deviation: SCAN's CIFAR configs use Adam lr 1e-4 for the whole network over 50-100
+    # epochs of 50k images; a linear head on cached embeddings gets the same optimiser and
+    # scale rule as UNIC (Adam 1e-3, clamp(N/80, 32, 512) anchors, >= 8000 steps) so the
+    # comparison isolates the loss.
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int | None = None
+    epochs: int | None = None
+    min_steps: int = 8000
+
+
+def build_heads(cfg, in_dim: int, num_clusters: int, num_heads: int) -> nn.Module:
+    heads = [ClusterHead(in_dim, num_clusters, cfg.head, "l2") for _ in range(num_heads)]
+    return MultiHead(heads) if num_heads > 1 else heads[0]
+
+
+class Scan(ClusteringMethod):
+    Config = ScanConfig
+    needs = frozenset({"embeddings", "neighbors"})
+    trainable = True
+    objective = "scan_selection"  # consistency over raw top-5 neighbours - entropy (weight 1)
+    smoke = {"epochs": 10, "num_heads": 2, "num_neighbors": 5}
+
+    def _step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        b = len(batch["anchor"])
+        logits = model(torch.cat([batch["anchor"], batch["partner"]]))
+        heads = logits if logits.ndim == 3 else logits[None]
+        total, sums = 0.0, {}
+        for out in heads:  # summed: every head gets its full gradient (SCAN sums per head)
+            loss, logs = scan_loss(out[:b], out[b:], self.config.entropy_weight)
+            total = total + loss
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v / len(heads)
+        return total, sums
+
+    def fit(self, inputs: FitInputs, hooks: loop.LoopHooks | None = None) -> dict[str, float]:
+        hooks = hooks or loop.LoopHooks()
+        cfg = self.config
+        n, kmax = inputs.neighbors.shape
+        check_k("num_neighbors", cfg.num_neighbors, kmax)
+        torch.manual_seed(inputs.seed)
+        batch, epochs, steps_per_epoch = cached_schedule(
+            n, cfg.batch_size, cfg.epochs, (80, 32, 512), cfg.min_steps
+        )
+        features = torch.from_numpy(inputs.embeddings)
+        model = build_heads(cfg, features.shape[1], inputs.num_clusters, cfg.num_heads)
+        pairs = NeighborPairs(inputs.neighbors, cfg.num_neighbors, cfg.include_self)
+        steps = PairSteps(
+            features,
+            pairs,
+            max(1, batch // hooks.world_size),
+            inputs.seed,
+            hooks.world_rank,
+            self._step,
+        )
+        trained = (
+            loop.fit(
+                model,
+                steps,
+                loop.LoopConfig(
+                    epochs=epochs,
+                    steps_per_epoch=steps_per_epoch,
+                    lr=cfg.lr,
+                    weight_decay=cfg.weight_decay,
+                    report_every=max(1, epochs // 10),
+                ),
+                hooks,
+            )
+            .cpu()
+            .eval()
+        )
+        candidates = list(trained.heads) if isinstance(trained, MultiHead) else [trained]
+        scores = [
+            scan_selection_loss(self._probs(h, inputs.embeddings), inputs.neighbors)
+            for h in candidates
+        ]
+        best = int(np.argmin(scores))
+        self.model = candidates[best]
+        return {
+            self.objective: scores[best],
+            "selected_head": best,
+            "score_spread": float(np.ptp(scores)),
+            "batch_size": batch,
+            "epochs": epochs,
+        }
+
+    @staticmethod
+    @torch.no_grad()
+    def _probs(head: nn.Module, embeddings: np.ndarray) -> Tensor:
+        return probs(head(torch.from_numpy(np.ascontiguousarray(embeddings))))
+
+    def predict_proba(self, embeddings: np.ndarray) -> Tensor:
+        return self._probs(self.model, embeddings)
+
+    def predict(self, embeddings: np.ndarray) -> np.ndarray:
+        return self.predict_proba(embeddings).argmax(1).numpy().astype(np.int64)
+
+    def export_state(self) -> dict:
+        """The selected head, for the self-labelling stage."""
+        return {"head": self.model.state_dict(), "kind": self.config.head}

@@ -1,0 +1,123 @@
+"""SCAN's self-labelling stage, registered as ``scan_selflabel``: starts from the SCAN run's
+selected head and trains on its own confident predictions (Van Gansbeke et al., ECCV 2020,
+Sec. 3.3; shared/spec/baselines.md 4.7-4.8).
+
+Cached-embedding mode has no image augmentation, so the "strong" view is feature dropout on
+the embedding (see the deviation note on ``strong_dropout``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deepclust.errors import UserError
+from trainables import loop
+from trainables.heads import ClusterHead
+from trainables.losses.scan import confidence_mask, selflabel_loss
+from trainables.methods.base import ClusteringMethod, FitInputs
+from trainables.methods.scan import Scan
+from trainables.pairs import cached_schedule, scan_selection_loss
+
+
+@dataclass(frozen=True)
+class SelfLabelConfig:
+    threshold: float = 0.99  # confidence above which a prediction becomes a pseudo-label
+    balanced: bool = True  # class-balanced cross-entropy (CIFAR/STL configs)
+    # deviation: SCAN's strong view is RandAugment + Cutout of the image; on cached embeddings
+    # the strong view is dropout on the embedding (rate below), the weak view the embedding.
+    strong_dropout: float = 0.5
+    lr: float = 1e-4  # Adam, as SCAN's CIFAR self-label config
+    weight_decay: float = 1e-4
+    batch_size: int = 1000
+    epochs: int = 200
+    min_steps: int = 400
+
+
+class _Steps:
+    def __init__(self, cfg: SelfLabelConfig, features: Tensor, batch: int, seed: int, rank: int):
+        self.cfg, self.features, self.batch, self.seed, self.rank = cfg, features, batch, seed, rank
+
+    def batches(self, epoch: int, steps: int):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7919 + epoch)
+        for _ in range(steps):
+            rows = torch.randint(0, len(self.features), (self.batch,), generator=gen)
+            x = self.features[rows]
+            keep = (torch.rand(x.shape, generator=gen) >= self.cfg.strong_dropout).to(x.dtype)
+            yield {"weak": x, "strong": x * keep / (1 - self.cfg.strong_dropout)}
+
+    def training_step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        with torch.no_grad():
+            weak = model(batch["weak"])
+        strong = model(batch["strong"])
+        if not bool(confidence_mask(weak, self.cfg.threshold)[0].any()):
+            return strong.sum() * 0.0, {"selflabel/confident_frac": 0.0}  # nothing to learn
+        return selflabel_loss(weak, strong, self.cfg.threshold, self.cfg.balanced)
+
+
+class ScanSelfLabel(ClusteringMethod):
+    Config = SelfLabelConfig
+    needs = frozenset({"embeddings", "neighbors", "init_state"})
+    trainable = True
+    starts_from = "scan"
+    objective = "scan_selection"  # the same label-free score as SCAN, on the final head
+    smoke = {"epochs": 5, "min_steps": 10, "threshold": 0.5}
+
+    def fit(self, inputs: FitInputs, hooks: loop.LoopHooks | None = None) -> dict[str, float]:
+        hooks = hooks or loop.LoopHooks()
+        cfg = self.config
+        if inputs.init_state is None:
+            raise UserError(
+                "scan_selflabel starts from a SCAN run; run it with --methods scan first"
+            )
+        if not 0.0 <= cfg.strong_dropout < 1.0:
+            raise UserError(f"strong_dropout must be in [0, 1), got {cfg.strong_dropout}")
+        torch.manual_seed(inputs.seed)
+        features = torch.from_numpy(inputs.embeddings)
+        head = ClusterHead(features.shape[1], inputs.num_clusters, inputs.init_state["kind"], "l2")
+        head.load_state_dict(inputs.init_state["head"])
+        with torch.no_grad():
+            start_conf = F.softmax(head(features), -1).max(-1).values
+        confident = float((start_conf > cfg.threshold).float().mean())
+        if confident == 0.0:
+            raise UserError(
+                f"no SCAN prediction is more confident than threshold={cfg.threshold} "
+                f"(max {float(start_conf.max()):.3f}); lower it with --set threshold=..."
+            )
+        batch, epochs, steps_per_epoch = cached_schedule(
+            len(features), cfg.batch_size, cfg.epochs, (1, 1, 1), cfg.min_steps
+        )
+        epochs = max(epochs, -(-cfg.min_steps // steps_per_epoch))
+        steps = _Steps(
+            cfg, features, max(1, batch // hooks.world_size), inputs.seed, hooks.world_rank
+        )
+        self.model = (
+            loop.fit(
+                head,
+                steps,
+                loop.LoopConfig(
+                    epochs=epochs,
+                    steps_per_epoch=steps_per_epoch,
+                    lr=cfg.lr,
+                    weight_decay=cfg.weight_decay,
+                    report_every=max(1, epochs // 10),
+                ),
+                hooks,
+            )
+            .cpu()
+            .eval()
+        )
+        p = Scan._probs(self.model, inputs.embeddings)
+        return {
+            self.objective: scan_selection_loss(p, inputs.neighbors),
+            "confident_frac_start": confident,
+            "confident_frac_end": float((p.max(1).values > cfg.threshold).float().mean()),
+            "epochs": epochs,
+        }
+
+    def predict(self, embeddings: np.ndarray) -> np.ndarray:
+        return Scan._probs(self.model, embeddings).argmax(1).numpy().astype(np.int64)
