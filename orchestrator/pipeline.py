@@ -143,7 +143,13 @@ def run_method(
             ray_session,
         )
         parent_key = parent["key"]
-        init_state = Path(parent["run_dir"]) / inputs.STATE_FILE
+        parent_dir = store.run_dir(
+            splits.fit.name,
+            settings.backbone,
+            f"{parent['method']}-{parent['config_hash']}",
+            run.seed,
+        )
+        init_state = parent_dir / inputs.STATE_FILE
     key = stable_key(
         {
             **({"parent": parent_key} if parent_key else {}),

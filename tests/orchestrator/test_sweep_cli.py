@@ -114,3 +114,15 @@ def test_unreachable_hub_weights_are_a_one_line_error(tiny_parquet, tmp_path):
         env={"HF_HUB_OFFLINE": "1"},
     )
     assert_one_line_error(proc, "could not load pretrained weights", "--backbone-weights")
+
+
+def test_methods_default_and_all(tmp_path):
+    """The default keeps the offline main command short; 'all' expands to the registry."""
+    from orchestrator.sweep import DEFAULT_METHODS, _settings, build_parser
+    from trainables.methods import METHODS
+
+    parser = build_parser()
+    default = _settings(parser.parse_args(["--benchmark", "digits"]), False)
+    assert default.methods == DEFAULT_METHODS and set(DEFAULT_METHODS) <= set(METHODS.names())
+    every = _settings(parser.parse_args(["--benchmark", "digits", "--methods", "all"]), False)
+    assert every.methods == tuple(METHODS.names())

@@ -119,3 +119,20 @@ def test_ddp_finetune_resumes_after_the_process_is_killed(tiny_parquet, tmp_path
     result = _metrics(out)
     assert result["diagnostics"]["resumed_from_epoch"] >= 1
     assert "resumed from the end of epoch" in second.stderr + second.stdout
+
+
+def test_selflabel_stage_starts_from_the_scan_run(tiny_parquet, tmp_path):
+    """A staged method trains (or reuses) its parent run and starts from its saved state."""
+    out = tmp_path / "out"
+    cmd = train_cmd(tiny_parquet, out, "--set", "threshold=0.5", "--set", "epochs=3")
+    cmd[cmd.index("unic")] = "scan_selflabel"
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = {
+        json.loads(p.read_text())["method"]: p.parent for p in out.glob("runs/**/metrics.json")
+    }
+    assert set(runs) == {"scan", "scan_selflabel"}
+    assert (runs["scan"] / "model_state.pt").is_file()  # what the stage started from
+    result = json.loads((runs["scan_selflabel"] / "metrics.json").read_text())
+    assert result["diagnostics"]["confident_frac_start"] > 0
+    assert result["seconds_total"] > result["seconds"]  # the parent's time is counted

@@ -94,7 +94,6 @@ def test_every_trainable_parameter_gets_a_gradient(name, monkeypatch):
 def test_labels_never_change_the_result(name):
     """Shuffling the ground truth changes nothing: selection is label-free end to end (the
     runner's leak guard passes labels only to methods that declare uses_labels)."""
-    from trainables.inputs import build
 
     method_cls = METHODS.get(name)
     if method_cls.uses_labels:

@@ -120,8 +120,9 @@ class _SelfSteps:
         order = torch.randperm(len(self.feats), generator=gen)
         for r in range(self.rounds):
             rows = order[r * self.big : (r + 1) * self.big]
+            device = next(self.model.parameters()).device
             with torch.no_grad():
-                s = F.softmax(self.model(self.feats[rows]).float(), -1)  # (H, big, K)
+                s = F.softmax(self.model(self.feats[rows].to(device)).float(), -1).cpu()
             picks = [
                 prototype_pseudo_labels(
                     sh, self.feats[rows], self.cfg.center_ratio, self.cfg.select_ratio
@@ -224,12 +225,20 @@ class Spice(ClusteringMethod):
         feats = F.normalize(torch.from_numpy(inputs.embeddings), dim=1)
         heads = SpiceHeads(feats.shape[1], k, cfg.num_heads, cfg.hidden)
         steps = _SelfSteps(cfg, heads, feats, k, inputs.seed)
-        heads = loop.fit(
-            heads,
-            steps,
-            loop.LoopConfig(epochs=cfg.epochs, steps_per_epoch=steps.steps_per_epoch, lr=cfg.lr),
-            loop.LoopHooks(device=torch.device("cpu")),  # identical on every worker (same seed)
-        ).eval()
+        heads = (
+            loop.fit(
+                heads,
+                steps,
+                loop.LoopConfig(
+                    epochs=cfg.epochs, steps_per_epoch=steps.steps_per_epoch, lr=cfg.lr
+                ),
+                loop.LoopHooks(
+                    device=hooks.device
+                ),  # no DDP: identical on every worker (same seed)
+            )
+            .cpu()
+            .eval()
+        )
         # label-free head selection: pseudo-label CE on the whole set
         with torch.no_grad():
             logits = heads(feats)

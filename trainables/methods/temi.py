@@ -40,7 +40,7 @@ class TemiConfig:
     marginal_momentum: float = 0.9
     lr: float = 1e-4  # scaled by batch / 256, AdamW, decay only on >= 2-D weights
     weight_decay: float = 1e-4
-    warmup_epochs: int = 20
+    warmup_epochs: int = 10  # 20% of the epochs, as the README's 20 of 100
     batch_size: int | None = None  # None: clamp(N // 40, 64, 1024) pairs
     # deviation: 100 epochs in the README; 50 on this CPU budget (cost is epochs x N x heads)
     epochs: int = 50
