@@ -121,8 +121,12 @@ def run_method(
     settings: SweepSettings,
     store: ArtifactStore,
     ray_session: RaySession,
+    require_state: bool = False,
 ) -> dict[str, Any]:
     """Fit, predict the eval split, score, and write the run's artifacts (cached by key).
+
+    ``require_state``: a cached run without its exported state (a later stage needs it) is
+    trained again.
 
     A staged method (``starts_from``) first gets its parent run (same seed, the parent's
     default config; cached like any run) and starts from the parent's saved state.
@@ -141,6 +145,7 @@ def run_method(
             settings,
             store,
             ray_session,
+            require_state=True,
         )
         parent_key = parent["key"]
         parent_dir = store.run_dir(
@@ -170,7 +175,7 @@ def run_method(
     if (
         previous is not None
         and previous.get("key") == key
-        and (method_cls.starts_from is None or init_state.exists())
+        and (not require_state or (run_dir / inputs.STATE_FILE).exists())
     ):
         log.info("%s/%s seed %d: cached", splits.fit.name, run.method, run.seed)
         return previous
@@ -190,6 +195,9 @@ def run_method(
             settings,
             run_dir.with_name(run_dir.name + ".work"),
         )
+        # Ray caps a 1-CPU worker at one thread; trials run one at a time here, so on CPU each
+        # worker may use its share of the node (as the embedding actors do)
+        job["cpu_threads"] = 0 if resources.gpus else max(1, resources.cpus // run.workers)
         predictions, diagnostics = ray_train.train(
             job,
             run.workers,

@@ -40,6 +40,8 @@ def train_worker(job: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if job.get("cpu_threads"):
+        torch.set_num_threads(int(job["cpu_threads"]))
     method, fit_inputs = job_inputs.build(job)
 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:

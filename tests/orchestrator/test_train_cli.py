@@ -128,9 +128,7 @@ def test_selflabel_stage_starts_from_the_scan_run(tiny_parquet, tmp_path):
     cmd[cmd.index("unic")] = "scan_selflabel"
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = {
-        json.loads(p.read_text())["method"]: p.parent for p in out.glob("runs/**/metrics.json")
-    }
+    runs = {json.loads(p.read_text())["method"]: p.parent for p in out.glob("runs/**/metrics.json")}
     assert set(runs) == {"scan", "scan_selflabel"}
     assert (runs["scan"] / "model_state.pt").is_file()  # what the stage started from
     result = json.loads((runs["scan_selflabel"] / "metrics.json").read_text())
