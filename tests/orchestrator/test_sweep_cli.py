@@ -38,7 +38,7 @@ def assert_one_line_error(proc, *fragments):
     [
         (["--benchmark", "cifar11"], ["unknown dataset 'cifar11'", "did you mean 'cifar10'"]),
         (["--backbone", "resnet9000"], ["unknown backbone 'resnet9000'", "efficientnet_lite0"]),
-        (["--methods", "kmeans,scam"], ["unknown method 'scam'", "valid: kmeans"]),
+        (["--methods", "kmeans,scam"], ["unknown method 'scam'", "valid: iic, kmeans"]),
         (["--benchmark", "cifar10", "--data-root", "/no/such/root"], ["data root /no/such/root"]),
         (["--seeds", "1,x"], ["--seeds must be comma-separated integers"]),
         (["--benchmark", "parquet:/no/such.parquet"], ["/no/such.parquet does not exist"]),
