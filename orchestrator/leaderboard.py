@@ -45,8 +45,11 @@ def build_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
         for c in nbr_cols:
             row[c] = float(group[c].mean())
         # wall seconds per run, a staged method's parent stage included
-        total = group["seconds_total"] if "seconds_total" in group else group["seconds"]
-        row["seconds"] = float(total.fillna(group["seconds"]).mean())
+        # (runs written by older versions carry no timing: shown as "-")
+        nan = pd.Series(np.nan, index=group.index)
+        own = group["seconds"] if "seconds" in group else nan
+        total = group["seconds_total"] if "seconds_total" in group else nan
+        row["seconds"] = float(total.fillna(own).mean())
         row["objective"] = group["objective"].iloc[0]
         row["n_eval"] = int(group["n_eval"].iloc[0])
         rows.append(row)
@@ -85,7 +88,7 @@ def to_markdown(table: pd.DataFrame) -> str:
             fmt("nmi"),
             fmt("ari"),
             "-" if pd.isna(prec) else f"{100 * prec:.2f}",
-            f"{r['seconds']:.0f}",
+            "-" if pd.isna(r["seconds"]) else f"{r['seconds']:.0f}",
             r["objective"],
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")

@@ -17,6 +17,7 @@ import numpy as np
 from deepclust.artifacts import ArtifactStore, Embeddings, stable_key
 from deepclust.config import from_dict, to_dict
 from deepclust.datasets import DatasetSpec, ImageSet
+from deepclust.errors import UserError
 from deepclust.metrics import clustering_metrics
 from orchestrator.embed import EmbedOptions, ensure_embeddings
 from orchestrator.mine import ensure_neighbors
@@ -73,6 +74,8 @@ class MethodRun:
     config: dict[str, Any] = field(default_factory=dict)  # overrides, validated strictly
     workers: int = 1  # Ray Train workers (DDP) for trainable methods
     subset: int | None = None  # first n images (finetune smoke runs)
+    # a staged method's parent-stage overrides (default: the parent's default config)
+    parent_config: dict[str, Any] = field(default_factory=dict)
 
 
 def _absolute(name: str) -> str:
@@ -129,15 +132,25 @@ def run_method(
     trained again.
 
     A staged method (``starts_from``) first gets its parent run (same seed, the parent's
-    default config; cached like any run) and starts from the parent's saved state.
+    default config updated with ``run.parent_config``; cached like any run) and starts from
+    the parent's saved state.
     """
     method_cls = METHODS.get(run.method)
     config_dict = to_dict(from_dict(method_cls.Config, run.config))
     nbr_meta = neighbors[1]
     parent, parent_key, init_state = None, None, None
+    if run.parent_config and not method_cls.starts_from:
+        raise UserError(f"method '{run.method}' has no parent stage; drop the parent overrides")
     if method_cls.starts_from:
+        parent_run = MethodRun(
+            method_cls.starts_from,
+            run.seed,
+            config=run.parent_config,
+            workers=run.workers,
+            subset=run.subset,
+        )
         parent = run_method(
-            MethodRun(method_cls.starts_from, run.seed, workers=run.workers, subset=run.subset),
+            parent_run,
             splits,
             fit_emb,
             eval_emb,

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="method config override (repeatable; values parsed as JSON when they "
-        "can be, e.g. --set pos_k=30 --set neg_rule=random)",
+        "can be, e.g. --set pos_k=30 --set neg_rule=random); a staged method's parent "
+        "stage takes PARENT.KEY=VALUE, e.g. --method scan_selflabel --set scan.min_steps=500",
     )
     p.add_argument(
         "--finetune",
@@ -60,21 +61,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _overrides(args: argparse.Namespace) -> dict:
+def _overrides(args: argparse.Namespace, parent: str | None) -> tuple[dict, dict]:
+    """``--set`` items -> (method overrides, parent-stage overrides)."""
     out: dict = {}
+    parent_out: dict = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set expects KEY=VALUE, got '{item}'")
+        target = out
+        stage, dot, rest = key.partition(".")
+        if dot:
+            if stage != parent:
+                valid = f"'{parent}.KEY'" if parent else "plain KEY=VALUE (no parent stage)"
+                raise UserError(
+                    f"--set {key}: '{stage}' is not the parent stage of '{args.method}'; "
+                    f"use {valid}"
+                )
+            target, key = parent_out, rest
         try:
-            out[key] = json.loads(value)
+            target[key] = json.loads(value)
         except json.JSONDecodeError:
-            out[key] = value
+            target[key] = value
     if args.finetune:
         out["finetune"] = True
     if args.epochs is not None:
         out["ft_epochs" if args.finetune else "epochs"] = args.epochs
-    return out
+    return out, parent_out
 
 
 def run(args: argparse.Namespace, explicit_root: bool) -> int:
@@ -86,8 +99,10 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
     args.methods, args.seeds = args.method, str(args.seed)
     settings = _settings(args, explicit_root)
     method_cls = METHODS.get(args.method)
-    overrides = _overrides(args)
+    overrides, parent_overrides = _overrides(args, method_cls.starts_from)
     from_dict(method_cls.Config, overrides)  # unknown/mistyped keys fail before any work
+    if method_cls.starts_from:
+        from_dict(METHODS.get(method_cls.starts_from).Config, parent_overrides)
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     if args.workers > 1 and not method_cls.trainable:
@@ -97,7 +112,9 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
         fit = splits.fit.subset(args.subset)
         ev = fit if splits.eval is splits.fit else splits.eval.subset(args.subset)
         splits = BenchmarkSplits(splits.spec, fit, ev)
-    run_spec = MethodRun(args.method, args.seed, overrides, args.workers, args.subset)
+    run_spec = MethodRun(
+        args.method, args.seed, overrides, args.workers, args.subset, parent_overrides
+    )
     store = ArtifactStore(settings.output)
     session = RaySession(args.ray_address, args.num_cpus)
     t0 = time.perf_counter()

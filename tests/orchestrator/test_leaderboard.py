@@ -6,8 +6,9 @@ from deepclust.artifacts import ArtifactStore
 from orchestrator.leaderboard import build_table, write_leaderboard
 
 
-def _run(method, seed, acc, bench="digits"):
+def _run(method, seed, acc, bench="digits", **extra):
     return {
+        **extra,
         "benchmark": bench,
         "backbone": "b",
         "method": method,
@@ -39,6 +40,17 @@ def test_files_are_written_from_run_dirs(tmp_path):
     assert "| digits | b | kmeans | 2 | 60.00 ± 10.00 |" in markdown
     assert json.loads(store.leaderboard_path("json").read_text())[0]["seeds"] == 2
     assert store.leaderboard_path("csv").read_text().startswith("benchmark,")
+
+
+def test_wall_time_prefers_the_staged_total_and_tolerates_untimed_runs():
+    staged = [_run("st", s, 0.5, seconds=10.0, seconds_total=30.0) for s in (0, 1)]
+    table = build_table([*staged, _run("old", 0, 0.4)])
+    by_method = table.set_index("method")["seconds"]
+    assert by_method["st"] == 30.0 and np.isnan(by_method["old"])
+    from orchestrator.leaderboard import to_markdown
+
+    old_row = [line for line in to_markdown(table).splitlines() if "| old |" in line][0]
+    assert "| - | inertia |" in old_row
 
 
 def test_empty_leaderboard(tmp_path):
