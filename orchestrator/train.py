@@ -13,6 +13,7 @@ the leaderboard. Killed mid-run, the same command resumes from the last epoch's 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--finetune",
         action="store_true",
-        help="finetune the backbone's last blocks + head on images (methods that support it)",
+        help="finetune the backbone's last blocks + head on augmented images (scan, "
+        "scan_selflabel, iic, spice, unic)",
     )
     p.add_argument("--workers", type=int, default=1, help="Ray Train DDP workers (default 1)")
     p.add_argument(
@@ -90,6 +92,10 @@ def _overrides(args: argparse.Namespace, parent: str | None) -> tuple[dict, dict
     return out, parent_out
 
 
+def _has_finetune(name: str) -> bool:
+    return "finetune" in {f.name for f in dataclasses.fields(METHODS.get(name).Config)}
+
+
 def run(args: argparse.Namespace, explicit_root: bool) -> int:
     from deepclust.config import from_dict
     from orchestrator.leaderboard import write_leaderboard
@@ -99,6 +105,12 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
     args.methods, args.seeds = args.method, str(args.seed)
     settings = _settings(args, explicit_root)
     method_cls = METHODS.get(args.method)
+    if args.finetune and not _has_finetune(args.method):
+        with_mode = [n for n in METHODS.names() if _has_finetune(n)]
+        raise UserError(
+            f"method '{args.method}' has no finetune mode (methods with one: "
+            f"{', '.join(with_mode)}); drop --finetune"
+        )
     overrides, parent_overrides = _overrides(args, method_cls.starts_from)
     from_dict(method_cls.Config, overrides)  # unknown/mistyped keys fail before any work
     if method_cls.starts_from:

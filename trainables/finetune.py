@@ -1,7 +1,12 @@
-"""Backbone finetuning pieces shared by methods: a trainable backbone + head module, partial
-unfreezing, and training-time augmentations computed from the weights' own preprocessing."""
+"""Backbone finetuning shared by methods: a trainable backbone + head module, partial
+unfreezing, training-time augmentations computed from the weights' own preprocessing, the
+augmented image batches and the finetune run itself (on the one loop)."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -9,7 +14,9 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision import transforms as T
 
+from deepclust.errors import UserError
 from deepclust.preprocess import Preprocess, open_image
+from trainables.loop import LoopConfig, LoopHooks, epoch_generator, epoch_seed, fit
 
 AUGMENTS = ("simgcd", "simclr", "none")
 
@@ -101,44 +108,114 @@ def _keep_backbone_eval(model: nn.Module) -> None:
         model.backbone.eval()
 
 
-class FinetuneSteps:
-    """Image batches for a pair sampler: [anchors; positives; negatives] augmented independently."""
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Backbone-finetuning fields of the baselines' configs (inherited by each config).
+
+    Defaults follow SCAN's and IIC's CIFAR runs (Adam 1e-4, batch 128, 50 epochs over the fit
+    split); the head starts from the method's cached-mode solution.
+    """
+
+    finetune: bool = False
+    unfreeze_last_blocks: int = 1
+    ft_lr: float = 1e-4
+    ft_weight_decay: float = 1e-4
+    ft_batch_size: int = 128  # anchors per step over all workers
+    ft_epochs: int = 50
+    augment: str = "simclr"  # the training view (spec 4.5: SimCLR augmentation)
+
+
+class ImageSteps:
+    """The loop's batches in finetune modes.
+
+    ``sample(batch, gen)`` draws a dict of (n,) image-id tensors; every key named in ``views``
+    is replaced by those images augmented with that view's transform (``AUGMENTS``), each image
+    independently; other keys (masks, pseudo-labels) pass through.
+    """
 
     def __init__(
         self,
-        sampler,
         images,
         pretrained_cfg,
-        augment: str,
+        sample: Callable[[int, torch.Generator], dict[str, Tensor]],
+        views: dict[str, str],
         batch: int,
         seed: int,
         rank: int,
-        step_fn,
+        step_fn: Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict]],
     ) -> None:
-        self.sampler, self.images, self.batch = sampler, images, batch
-        self.transform = train_transform(Preprocess.from_timm_cfg(pretrained_cfg), augment)
+        pp = Preprocess.from_timm_cfg(pretrained_cfg)
+        self.images, self.sample, self.views, self.batch = images, sample, views, batch
+        self.transforms = {kind: train_transform(pp, kind) for kind in set(views.values())}
         self.seed, self.rank, self.step_fn = seed, rank, step_fn
 
     def batches(self, epoch: int, steps: int):
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7919 + epoch)
-        torch.manual_seed(self.seed * 1_000_003 + self.rank * 7919 + epoch)  # augmentations
+        gen = epoch_generator(self.seed, self.rank, epoch)
+        torch.manual_seed(epoch_seed(self.seed, self.rank, epoch))  # the augmentations
         for _ in range(steps):
-            ids = self.sampler.sample(self.batch, gen)
-            out = {
-                "anchor": augmented_batch(self.images, ids["anchor"], self.transform),
-                "positive": augmented_batch(self.images, ids["positive"], self.transform),
-                "pos_mask": ids["pos_mask"],
+            ids = self.sample(self.batch, gen)
+            yield {
+                key: augmented_batch(self.images, v, self.transforms[self.views[key]])
+                if key in self.views
+                else v
+                for key, v in ids.items()
             }
-            if "negative" in ids:
-                out["negative"] = augmented_batch(
-                    self.images, ids["negative"].flatten(), self.transform
-                )
-            yield out
 
     def training_step(self, model: nn.Module, batch: dict[str, Tensor]):
         inner = model.module if hasattr(model, "module") else model
         _keep_backbone_eval(inner)
         return self.step_fn(model, batch)
+
+
+def finetune_model(
+    head: nn.Module,
+    inputs,
+    opts,
+    hooks: LoopHooks,
+    sample: Callable[[int, torch.Generator], dict[str, Tensor]],
+    views: dict[str, str],
+    step_fn: Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict]],
+    optimizer: str = "adam",
+    schedule: str = "constant",
+    steps_per_epoch: int | None = None,
+) -> BackboneWithHead:
+    """Train the backbone's last ``opts.unfreeze_last_blocks`` blocks + ``head`` on augmented
+    images (``ImageSteps``) for ``opts.ft_epochs`` epochs of the fit split; every epoch is
+    reported and checkpointed (resume through ``hooks``). Returns the model on CPU, eval mode.
+
+    ``inputs`` is the method's FitInputs (images, backbone name and weights); ``opts`` any
+    config with the ``FinetuneOptions`` fields; ``steps_per_epoch`` defaults to one pass of
+    the fit split at ``opts.ft_batch_size`` images per step.
+    """
+    if inputs.images is None or inputs.backbone is None:
+        raise UserError("finetune mode needs the fit split's images and backbone name")
+    if opts.augment not in AUGMENTS:
+        raise UserError(f"augment must be one of {', '.join(AUGMENTS)}, got '{opts.augment}'")
+    backbone = build_trainable_backbone(
+        inputs.backbone, inputs.backbone_weights, opts.unfreeze_last_blocks
+    )
+    model = BackboneWithHead(backbone, head)
+    n = len(inputs.embeddings)
+    batch = max(1, min(opts.ft_batch_size, n) // hooks.world_size)
+    steps = ImageSteps(
+        inputs.images,
+        backbone.pretrained_cfg,
+        sample,
+        views,
+        batch,
+        inputs.seed,
+        hooks.world_rank,
+        step_fn,
+    )
+    cfg = LoopConfig(
+        epochs=opts.ft_epochs,
+        steps_per_epoch=steps_per_epoch or math.ceil(n / (batch * hooks.world_size)),
+        lr=opts.ft_lr,
+        weight_decay=opts.ft_weight_decay,
+        optimizer=optimizer,
+        schedule=schedule,
+    )
+    return fit(model, steps, cfg, hooks).cpu().eval()
 
 
 @torch.no_grad()

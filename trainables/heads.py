@@ -59,6 +59,14 @@ class ClusterHead(nn.Module):
         return self.net(self.normalize(x))
 
 
+class L2Normalize(nn.Module):
+    """(..., D) -> unit-norm rows (puts a head that expects unit-norm embeddings on raw
+    backbone features in finetune modes)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=-1)
+
+
 class MultiHead(nn.Module):
     """``num_heads`` independently initialised heads on the same input: (B, D) -> (R, B, C).
 

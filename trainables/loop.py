@@ -60,6 +60,16 @@ class LoopHooks:
     world_size: int = 1
 
 
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """The seed of one worker's batch stream for one epoch: a resumed run replays exactly the
+    batches the interrupted one would have drawn, and DDP ranks draw different ones."""
+    return seed * 1_000_003 + rank * 7919 + epoch
+
+
+def epoch_generator(seed: int, rank: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(epoch_seed(seed, rank, epoch))
+
+
 def _optimizer(params, cfg: LoopConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -137,3 +147,24 @@ def fit(model: nn.Module, steps: TrainSteps, cfg: LoopConfig, hooks: LoopHooks) 
         )
         hooks.report(metrics, state)
     return model
+
+
+def fit_cached(
+    model: nn.Module,
+    steps: TrainSteps,
+    hooks: LoopHooks,
+    epochs: int,
+    steps_per_epoch: int,
+    lr: float,
+    weight_decay: float = 0.0,
+) -> nn.Module:
+    """``fit`` with the cached-embedding defaults (Adam, constant lr, ~10 reports/checkpoints:
+    cached epochs are short); returns the trained model on CPU in eval mode."""
+    cfg = LoopConfig(
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        lr=lr,
+        weight_decay=weight_decay,
+        report_every=max(1, epochs // 10),
+    )
+    return fit(model, steps, cfg, hooks).cpu().eval()

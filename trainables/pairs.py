@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from deepclust.errors import UserError
+from trainables.loop import epoch_generator
 
 
 def check_k(name: str, k: int, kmax: int) -> None:
@@ -76,13 +77,21 @@ class PairSteps:
         self.seed, self.rank, self.step, self.repeats = seed, rank, step, repeats
 
     def batches(self, epoch: int, steps: int) -> Iterator[dict[str, Tensor]]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7919 + epoch)
+        gen = epoch_generator(self.seed, self.rank, epoch)
         for _ in range(steps):
             a, p = self.pairs.sample(self.batch, gen, self.repeats)
             yield {"anchor": self.features[a], "partner": self.features[p]}
 
     def training_step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
         return self.step(model, batch)
+
+
+def dropout(x: Tensor, rate: float, gen: torch.Generator) -> Tensor:
+    """Inverted dropout with an explicit generator: the "strong view" of an embedding where
+    cached mode has no image augmentation (self-labelling, SPICE)."""
+    if rate == 0:
+        return x
+    return x * (torch.rand(x.shape, generator=gen) >= rate).to(x.dtype) / (1 - rate)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

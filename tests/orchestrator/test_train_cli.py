@@ -71,15 +71,16 @@ def test_bad_override_is_a_one_line_error(tiny_parquet, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "method, item, fragment",
+    "method, args, fragment",
     [
-        ("unic", "scan.min_steps=3", "'scan' is not the parent stage of 'unic'"),
-        ("scan_selflabel", "temi.epochs=3", "use 'scan.KEY'"),
-        ("scan_selflabel", "scan.min_stepz=3", "unknown key 'min_stepz' for ScanConfig"),
+        ("unic", ("--set", "scan.min_steps=3"), "'scan' is not the parent stage of 'unic'"),
+        ("scan_selflabel", ("--set", "temi.epochs=3"), "use 'scan.KEY'"),
+        ("scan_selflabel", ("--set", "scan.min_stepz=3"), "unknown key 'min_stepz' for ScanConfig"),
+        ("temi", ("--finetune",), "'temi' has no finetune mode (methods with one: scan,"),
     ],
 )
-def test_bad_parent_override_is_a_one_line_error(tiny_parquet, tmp_path, method, item, fragment):
-    cmd = train_cmd(tiny_parquet, tmp_path, "--set", item)
+def test_bad_stage_or_mode_is_a_one_line_error(tiny_parquet, tmp_path, method, args, fragment):
+    cmd = train_cmd(tiny_parquet, tmp_path, *args)
     cmd[cmd.index("unic")] = method
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=_env())
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

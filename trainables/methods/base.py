@@ -60,6 +60,7 @@ class ClusteringMethod(abc.ABC):
         if not isinstance(config, self.Config):
             raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}")
         self.config = config
+        self.finetuned: Any = None  # backbone + head after a finetune-mode fit
 
     @abc.abstractmethod
     def fit(self, inputs: FitInputs, hooks: Any = None) -> dict[str, float]:
@@ -76,3 +77,11 @@ class ClusteringMethod(abc.ABC):
     @abc.abstractmethod
     def predict(self, embeddings: np.ndarray) -> np.ndarray:
         """(M, D) features -> (M,) int64 cluster ids in [0, num_clusters)."""
+
+    def predict_images(self, images: Any, batch_size: int = 64) -> np.ndarray:
+        """(M,) cluster ids of an ImageSet through the finetuned backbone (eval geometry)."""
+        if self.finetuned is None:
+            raise RuntimeError(f"{type(self).__name__} was not fitted in finetune mode")
+        from trainables.finetune import embed_images
+
+        return self.predict(embed_images(self.finetuned, images, batch_size))

@@ -2,9 +2,11 @@
 head (C clusters) and an overclustering head (factor x C), each of several sub-heads, the
 lowest-loss main sub-head kept (Ji et al., ICCV 2019; shared/spec/baselines.md 5).
 
-Pairs come from mined neighbours (the paper pairs augmentations of one image; on frozen
-embeddings the neighbour plays that role, spec 5.2 b), each anchor repeated ``repeats`` times
-with independent neighbours in one batch (the paper's repeat trick).
+Cached mode: pairs come from mined neighbours (the paper pairs augmentations of one image; on
+frozen embeddings the neighbour plays that role, spec 5.2 b), each anchor repeated ``repeats``
+times with independent neighbours in one batch (the paper's repeat trick). Finetune mode
+(``finetune=True``, spec 5.2 a): pairs are two independent augmentations of the same image,
+RGB (no Sobel), through the backbone's last blocks and the selected sub-head.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ from torch import Tensor, nn
 
 from deepclust.errors import UserError
 from trainables import loop
+from trainables.finetune import FinetuneOptions, embed_images, finetune_model
 from trainables.heads import ClusterHead, MultiHead
 from trainables.losses.iic import iic_loss
 from trainables.methods.base import ClusteringMethod, FitInputs
-from trainables.pairs import NeighborPairs, PairSteps, check_k
+from trainables.pairs import NeighborPairs, PairSteps, check_k, unwrap
 
 
 @dataclass(frozen=True)
-class IicConfig:
+class IicConfig(FinetuneOptions):
     num_neighbors: int = 20
     repeats: int = 3  # neighbours per anchor per batch (the paper's r)
     num_subheads: int = 5
@@ -62,7 +65,16 @@ class IicModel(nn.Module):
 
 
 def _sub_head_losses(out: Tensor, b: int, lam: float) -> Tensor:
+    """(S, 2b, C) or (2b, C) logits of [anchors; partners] -> (S,) IIC losses."""
+    out = out if out.ndim == 3 else out[None]
     return torch.stack([iic_loss(o[:b], o[b:], lam) for o in out])
+
+
+def _view_pairs(n: int, anchors: int, repeats: int, gen: torch.Generator) -> dict[str, Tensor]:
+    """Finetune-mode pairs: each sampled image ``repeats`` times, paired with itself (the two
+    sides get independent augmentations: the paper's (x, g.x))."""
+    ids = torch.randint(0, n, (anchors,), generator=gen).repeat_interleave(repeats)
+    return {"anchor": ids, "partner": ids}
 
 
 class Iic(ClusteringMethod):
@@ -73,12 +85,12 @@ class Iic(ClusteringMethod):
     smoke = {"epochs": 2, "min_steps": 100, "num_subheads": 2, "num_neighbors": 5}
 
     def _step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
-        core = model.module if hasattr(model, "module") else model
+        core = unwrap(model)
         b = len(batch["anchor"])
         x = torch.cat([batch["anchor"], batch["partner"]])
         main = _sub_head_losses(model(x), b, self.config.lam)
         loss, logs = main.mean(), {"loss/main": float(main.mean().detach())}
-        if core.over is not None:
+        if getattr(core, "over", None) is not None:
             over = _sub_head_losses(core.over(x), b, self.config.lam)
             loss = loss + over.mean()
             logs["loss/over"] = float(over.mean().detach())
@@ -100,31 +112,21 @@ class Iic(ClusteringMethod):
         epochs = max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))
         features = torch.from_numpy(inputs.embeddings)
         pairs = NeighborPairs(inputs.neighbors, cfg.num_neighbors, include_self=False)
+        # deviation (finetune mode): the paper trains from scratch; here the sub-heads first
+        # train on cached neighbour pairs and the selected one is finetuned with the backbone.
+        cached_hooks = loop.LoopHooks(device=hooks.device) if cfg.finetune else hooks
         steps = PairSteps(
             features,
             pairs,
-            max(1, anchors // hooks.world_size),
+            max(1, anchors // cached_hooks.world_size),
             inputs.seed,
-            hooks.world_rank,
+            cached_hooks.world_rank,
             self._step,
             cfg.repeats,
         )
         model = IicModel(features.shape[1], inputs.num_clusters, cfg)
-        self.model = (
-            loop.fit(
-                model,
-                steps,
-                loop.LoopConfig(
-                    epochs=epochs,
-                    steps_per_epoch=steps_per_epoch,
-                    lr=cfg.lr,
-                    weight_decay=cfg.weight_decay,
-                    report_every=max(1, epochs // 10),
-                ),
-                hooks,
-            )
-            .cpu()
-            .eval()
+        self.model = loop.fit_cached(
+            model, steps, cached_hooks, epochs, steps_per_epoch, cfg.lr, cfg.weight_decay
         )
         # label-free selection: each main sub-head's loss over one fixed pass of training pairs
         gen = torch.Generator().manual_seed(0)
@@ -132,12 +134,28 @@ class Iic(ClusteringMethod):
         with torch.no_grad():
             losses = _sub_head_losses(self.model(torch.cat([features[a], features[p]])), n, cfg.lam)
         self.best = int(torch.argmin(losses))
-        return {
+        out = {
             self.objective: float(losses[self.best]),
             "selected_subhead": self.best,
             "pairs_per_batch": anchors * cfg.repeats,
             "epochs": epochs,
         }
+        if cfg.finetune:
+            self.finetuned = finetune_model(
+                self.model.main.heads[self.best],
+                inputs,
+                cfg,
+                hooks,
+                lambda b, gen: _view_pairs(n, b, cfg.repeats, gen),
+                {"anchor": cfg.augment, "partner": cfg.augment},
+                self._step,
+            )
+            self.model, self.best = MultiHead([self.finetuned.head]), 0
+            feats = torch.from_numpy(embed_images(self.finetuned, inputs.images))
+            with torch.no_grad():
+                loss = _sub_head_losses(self.model(torch.cat([feats[a], feats[p]])), n, cfg.lam)
+            out[self.objective] = float(loss[0])
+        return out
 
     @torch.no_grad()
     def predict(self, embeddings: np.ndarray) -> np.ndarray:

@@ -1,5 +1,7 @@
 """SCAN: neighbour-consistency clustering with entropy, several heads, lowest-loss head kept
-(Van Gansbeke et al., ECCV 2020). Cached-embedding mode (spec: shared/spec/baselines.md 4.8).
+(Van Gansbeke et al., ECCV 2020). Cached-embedding mode (spec: shared/spec/baselines.md 4.8)
+and finetune mode (``finetune=True``: the selected head and the backbone's last blocks trained
+on augmented anchor/neighbour images, as the paper's CIFAR/STL configs train the network).
 
 Self-labelling is the separate stage ``scan_selflabel`` (trainables/methods/selflabel.py),
 which starts from this method's saved head.
@@ -14,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from trainables import loop
+from trainables.finetune import FinetuneOptions, embed_images, finetune_model
 from trainables.heads import ClusterHead, MultiHead
 from trainables.losses.neighbors import probs
 from trainables.losses.scan import scan_loss
@@ -28,7 +31,7 @@ from trainables.pairs import (
 
 
 @dataclass(frozen=True)
-class ScanConfig:
+class ScanConfig(FinetuneOptions):
     num_neighbors: int = 20  # k (SCAN: 20 for CIFAR/STL, 50 for ImageNet subsets)
     include_self: bool = True  # sample from the k + 1 entries that include the anchor (official)
     entropy_weight: float = 5.0  # lambda
@@ -81,29 +84,20 @@ class Scan(ClusteringMethod):
         features = torch.from_numpy(inputs.embeddings)
         model = build_heads(cfg, features.shape[1], inputs.num_clusters, cfg.num_heads)
         pairs = NeighborPairs(inputs.neighbors, cfg.num_neighbors, cfg.include_self)
+        # deviation: in finetune mode the heads first train on cached embeddings and only the
+        # selected one is finetuned with the backbone (the paper trains one head with the
+        # whole pretext network); the warm start runs locally, identical on every worker.
+        cached_hooks = loop.LoopHooks(device=hooks.device) if cfg.finetune else hooks
         steps = PairSteps(
             features,
             pairs,
-            max(1, batch // hooks.world_size),
+            max(1, batch // cached_hooks.world_size),
             inputs.seed,
-            hooks.world_rank,
+            cached_hooks.world_rank,
             self._step,
         )
-        trained = (
-            loop.fit(
-                model,
-                steps,
-                loop.LoopConfig(
-                    epochs=epochs,
-                    steps_per_epoch=steps_per_epoch,
-                    lr=cfg.lr,
-                    weight_decay=cfg.weight_decay,
-                    report_every=max(1, epochs // 10),
-                ),
-                hooks,
-            )
-            .cpu()
-            .eval()
+        trained = loop.fit_cached(
+            model, steps, cached_hooks, epochs, steps_per_epoch, cfg.lr, cfg.weight_decay
         )
         candidates = list(trained.heads) if isinstance(trained, MultiHead) else [trained]
         scores = [
@@ -112,13 +106,29 @@ class Scan(ClusteringMethod):
         ]
         best = int(np.argmin(scores))
         self.model = candidates[best]
-        return {
+        out = {
             self.objective: scores[best],
             "selected_head": best,
             "score_spread": float(np.ptp(scores)),
             "batch_size": batch,
             "epochs": epochs,
         }
+        if cfg.finetune:
+            self.finetuned = finetune_model(
+                self.model,
+                inputs,
+                cfg,
+                hooks,
+                lambda b, gen: dict(zip(("anchor", "partner"), pairs.sample(b, gen), strict=True)),
+                {"anchor": cfg.augment, "partner": cfg.augment},  # same kind for both (4.2)
+                self._step,
+            )
+            self.model = self.finetuned.head
+            feats = embed_images(self.finetuned, inputs.images)
+            out[self.objective] = scan_selection_loss(
+                self._probs(self.model, feats), inputs.neighbors
+            )
+        return out
 
     @staticmethod
     @torch.no_grad()

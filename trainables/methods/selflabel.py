@@ -3,7 +3,9 @@ selected head and trains on its own confident predictions (Van Gansbeke et al., 
 Sec. 3.3; shared/spec/baselines.md 4.7-4.8).
 
 Cached-embedding mode has no image augmentation, so the "strong" view is feature dropout on
-the embedding (see the deviation note on ``strong_dropout``).
+the embedding (see the deviation note on ``strong_dropout``). Finetune mode
+(``finetune=True``) is the paper's: the weak view is the eval transform of the image, the
+strong view an augmented image (``augment``), through the backbone's last blocks and the head.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ from torch import Tensor, nn
 
 from deepclust.errors import UserError
 from trainables import loop
+from trainables.finetune import FinetuneOptions, embed_images, finetune_model
 from trainables.heads import ClusterHead
 from trainables.losses.scan import confidence_mask, selflabel_loss
 from trainables.methods.base import ClusteringMethod, FitInputs
 from trainables.methods.scan import Scan
-from trainables.pairs import cached_schedule, scan_selection_loss
+from trainables.pairs import dropout, scan_selection_loss
 
 
 @dataclass(frozen=True)
-class SelfLabelConfig:
+class SelfLabelConfig(FinetuneOptions):
     threshold: float = 0.99  # confidence above which a prediction becomes a pseudo-label
     balanced: bool = True  # class-balanced cross-entropy (CIFAR/STL configs)
     # deviation: SCAN's strong view is RandAugment + Cutout of the image; on cached embeddings
@@ -43,20 +46,25 @@ class _Steps:
         self.cfg, self.features, self.batch, self.seed, self.rank = cfg, features, batch, seed, rank
 
     def batches(self, epoch: int, steps: int):
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7919 + epoch)
+        gen = loop.epoch_generator(self.seed, self.rank, epoch)
         for _ in range(steps):
             rows = torch.randint(0, len(self.features), (self.batch,), generator=gen)
             x = self.features[rows]
-            keep = (torch.rand(x.shape, generator=gen) >= self.cfg.strong_dropout).to(x.dtype)
-            yield {"weak": x, "strong": x * keep / (1 - self.cfg.strong_dropout)}
+            yield {"weak": x, "strong": dropout(x, self.cfg.strong_dropout, gen)}
 
     def training_step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
-        with torch.no_grad():
-            weak = model(batch["weak"])
-        strong = model(batch["strong"])
-        if not bool(confidence_mask(weak, self.cfg.threshold)[0].any()):
-            return strong.sum() * 0.0, {"selflabel/confident_frac": 0.0}  # nothing to learn
-        return selflabel_loss(weak, strong, self.cfg.threshold, self.cfg.balanced)
+        return _selflabel_step(model, batch, self.cfg)
+
+
+def _selflabel_step(
+    model: nn.Module, batch: dict[str, Tensor], cfg: SelfLabelConfig
+) -> tuple[Tensor, dict]:
+    with torch.no_grad():
+        weak = model(batch["weak"])
+    strong = model(batch["strong"])
+    if not bool(confidence_mask(weak, cfg.threshold)[0].any()):
+        return strong.sum() * 0.0, {"selflabel/confident_frac": 0.0}  # nothing to learn
+    return selflabel_loss(weak, strong, cfg.threshold, cfg.balanced)
 
 
 class ScanSelfLabel(ClusteringMethod):
@@ -88,35 +96,40 @@ class ScanSelfLabel(ClusteringMethod):
                 f"no SCAN prediction is more confident than threshold={cfg.threshold} "
                 f"(max {float(start_conf.max()):.3f}); lower it with --set threshold=..."
             )
-        batch, epochs, steps_per_epoch = cached_schedule(
-            len(features), cfg.batch_size, cfg.epochs, (1, 1, 1), cfg.min_steps
-        )
-        epochs = max(epochs, -(-cfg.min_steps // steps_per_epoch))
-        steps = _Steps(
-            cfg, features, max(1, batch // hooks.world_size), inputs.seed, hooks.world_rank
-        )
-        self.model = (
-            loop.fit(
-                head,
-                steps,
-                loop.LoopConfig(
-                    epochs=epochs,
-                    steps_per_epoch=steps_per_epoch,
-                    lr=cfg.lr,
-                    weight_decay=cfg.weight_decay,
-                    report_every=max(1, epochs // 10),
-                ),
-                hooks,
+        feats = inputs.embeddings
+        if not cfg.finetune:
+            batch = min(len(features), cfg.batch_size)
+            steps_per_epoch = -(-len(features) // batch)
+            epochs = max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))  # small sets
+            steps = _Steps(
+                cfg, features, max(1, batch // hooks.world_size), inputs.seed, hooks.world_rank
             )
-            .cpu()
-            .eval()
-        )
-        p = Scan._probs(self.model, inputs.embeddings)
+            self.model = loop.fit_cached(
+                head, steps, hooks, epochs, steps_per_epoch, cfg.lr, cfg.weight_decay
+            )
+        else:  # the paper's mode: weak = eval view, strong = augmented image
+
+            def sample(b: int, gen: torch.Generator) -> dict[str, Tensor]:
+                rows = torch.randint(0, len(features), (b,), generator=gen)
+                return {"weak": rows, "strong": rows}
+
+            self.finetuned = finetune_model(
+                head,
+                inputs,
+                cfg,
+                hooks,
+                sample,
+                {"weak": "none", "strong": cfg.augment},
+                lambda m, b: _selflabel_step(m, b, cfg),
+            )
+            self.model = self.finetuned.head
+            feats = embed_images(self.finetuned, inputs.images)
+        p = Scan._probs(self.model, feats)
         return {
             self.objective: scan_selection_loss(p, inputs.neighbors),
             "confident_frac_start": confident,
             "confident_frac_end": float((p.max(1).values > cfg.threshold).float().mean()),
-            "epochs": epochs,
+            "epochs": cfg.ft_epochs if cfg.finetune else epochs,
         }
 
     def predict(self, embeddings: np.ndarray) -> np.ndarray:

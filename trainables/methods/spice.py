@@ -10,6 +10,10 @@
    thresholded self-training on every sample (strong view vs weak view).
 
 Cached mode has no image augmentation: weak view = the embedding, strong view = dropout on it.
+Finetune mode (``finetune=True``) runs SPICE-Semi on images: weak view = crop + flip, strong
+view = ``augment`` (SimCLR; deviation: the paper's strong view is RandAugment), through the
+backbone's last blocks and the fresh head (deviation: the paper retrains the whole network from
+scratch; here the pretrained backbone is kept and its last blocks are tuned).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from torch import Tensor, nn
 
 from deepclust.errors import UserError
 from trainables import loop
+from trainables.finetune import FinetuneOptions, finetune_model
+from trainables.heads import L2Normalize
 from trainables.losses.spice import (
     balance_reliable,
     fixmatch_loss,
@@ -33,13 +39,13 @@ from trainables.losses.spice import (
     spice_ce,
 )
 from trainables.methods.base import ClusteringMethod, FitInputs
-from trainables.pairs import unwrap
+from trainables.pairs import dropout, unwrap
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SpiceConfig:
+class SpiceConfig(FinetuneOptions):
     # --- SPICE-Self ---
     # deviation: the official heads are 10 x MLP [512, 512, K] on a 512-d backbone; on
     # 1280-d embeddings and a 2-core CPU the default is 5 heads with 256 hidden units.
@@ -70,6 +76,11 @@ class SpiceConfig:
     semi_unlabelled_weight: float = 1.0
     semi_epochs: int = 100  # passes over the unlabelled set
     semi_min_steps: int = 2000
+    # --- finetune mode: SPICE-Semi on images (SGD + cosine as the semi stage) ---
+    ft_lr: float = 0.03
+    ft_weight_decay: float = 5e-4
+    ft_batch_size: int = 64  # labelled images per step; semi_unlabelled_ratio x that unlabelled
+    ft_epochs: int = 10  # passes over the unlabelled set
 
 
 FALLBACKS = ("none", "unbalanced", "top_confident")
@@ -95,12 +106,6 @@ class SpiceHeads(nn.Module):
         return torch.bmm(F.relu(h + self.b1), self.w2) + self.b2
 
 
-def _dropout(x: Tensor, rate: float, gen: torch.Generator) -> Tensor:
-    if rate == 0:
-        return x
-    return x * (torch.rand(x.shape, generator=gen) >= rate).to(x.dtype) / (1 - rate)
-
-
 class _SelfSteps:
     """Per big batch: pseudo-label with the current heads, then ``repeats`` passes."""
 
@@ -116,7 +121,7 @@ class _SelfSteps:
         return self.rounds * self.per_round
 
     def batches(self, epoch: int, steps: int):
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        gen = loop.epoch_generator(self.seed, 0, epoch)
         order = torch.randperm(len(self.feats), generator=gen)
         for r in range(self.rounds):
             rows = order[r * self.big : (r + 1) * self.big]
@@ -137,7 +142,7 @@ class _SelfSteps:
                     cols = perm[:, start : start + self.cfg.minibatch]
                     x = self.feats[torch.gather(idx, 1, cols)]  # (H, mb, d)
                     yield {
-                        "x": _dropout(x, self.cfg.strong_dropout, gen),
+                        "x": dropout(x, self.cfg.strong_dropout, gen),
                         "y": torch.gather(labels, 1, cols),
                     }
 
@@ -168,29 +173,41 @@ class _SemiSteps:
         self.ub = self.lb * cfg.semi_unlabelled_ratio
 
     def batches(self, epoch: int, steps: int):
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7919 + epoch)
+        gen = loop.epoch_generator(self.seed, self.rank, epoch)
         for _ in range(steps):
-            li = self.reliable[torch.randint(0, len(self.reliable), (self.lb,), generator=gen)]
-            ui = torch.randint(0, len(self.feats), (self.ub,), generator=gen)
-            u = self.feats[ui]
+            ids = self.sample(self.lb, gen)
+            u = self.feats[ids["weak"]]
             yield {
-                "xl": self.feats[li],
-                "yl": self.labels[li],
+                "xl": self.feats[ids["xl"]],
+                "yl": ids["yl"],
                 "weak": u,
-                "strong": _dropout(u, self.cfg.strong_dropout, gen),
+                "strong": dropout(u, self.cfg.strong_dropout, gen),
             }
 
-    def training_step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
-        lb, ub = len(batch["xl"]), len(batch["weak"])
-        out = model(torch.cat([batch["xl"], batch["weak"], batch["strong"]]))[0]
-        return fixmatch_loss(
-            out[:lb],
-            batch["yl"],
-            out[lb : lb + ub],
-            out[lb + ub :],
-            self.cfg.semi_threshold,
-            self.cfg.semi_unlabelled_weight,
+    def sample(self, lb: int, gen: torch.Generator) -> dict[str, Tensor]:
+        """Row ids: ``lb`` reliable rows with their labels, ``mu * lb`` rows of the whole set."""
+        li = self.reliable[torch.randint(0, len(self.reliable), (lb,), generator=gen)]
+        ui = torch.randint(
+            0, len(self.feats), (lb * self.cfg.semi_unlabelled_ratio,), generator=gen
         )
+        return {"xl": li, "yl": self.labels[li], "weak": ui, "strong": ui}
+
+    def training_step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        return _semi_step(model, batch, self.cfg)
+
+
+def _semi_step(model: nn.Module, batch: dict[str, Tensor], cfg: SpiceConfig):
+    """FixMatch on [labelled; weak; strong] views through one head (spec 6.7)."""
+    lb, ub = len(batch["xl"]), len(batch["weak"])
+    out = model(torch.cat([batch["xl"], batch["weak"], batch["strong"]]))[0]
+    return fixmatch_loss(
+        out[:lb],
+        batch["yl"],
+        out[lb : lb + ub],
+        out[lb + ub :],
+        cfg.semi_threshold,
+        cfg.semi_unlabelled_weight,
+    )
 
 
 class Spice(ClusteringMethod):
@@ -281,22 +298,39 @@ class Spice(ClusteringMethod):
             cfg, feats, reliable_idx, pred, inputs.seed, hooks.world_rank, hooks.world_size
         )
         per_epoch = max(1, math.ceil(n / (semi_steps.ub * hooks.world_size)))
-        epochs = max(cfg.semi_epochs, math.ceil(cfg.semi_min_steps / per_epoch))
-        self.model = loop.fit(
-            semi,
-            semi_steps,
-            loop.LoopConfig(
-                epochs=epochs,
-                steps_per_epoch=per_epoch,
-                lr=cfg.semi_lr,
-                weight_decay=cfg.semi_weight_decay,
+        if cfg.finetune:
+            ft_steps = math.ceil(n / (cfg.ft_batch_size * cfg.semi_unlabelled_ratio))
+            self.finetuned = finetune_model(
+                nn.Sequential(L2Normalize(), semi),  # the head saw unit-norm embeddings
+                inputs,
+                cfg,
+                hooks,
+                semi_steps.sample,
+                {"xl": "simgcd", "weak": "simgcd", "strong": cfg.augment},
+                lambda m, b: _semi_step(m, b, cfg),
                 optimizer="sgd",
                 schedule="cosine",
-                report_every=max(1, epochs // 10),
-            ),
-            hooks,
-        )
-        self.model = unwrap(self.model).cpu().eval()
+                steps_per_epoch=ft_steps,
+            )
+            self.model = self.finetuned.head
+            epochs = cfg.ft_epochs
+        else:
+            epochs = max(cfg.semi_epochs, math.ceil(cfg.semi_min_steps / per_epoch))
+            self.model = loop.fit(
+                semi,
+                semi_steps,
+                loop.LoopConfig(
+                    epochs=epochs,
+                    steps_per_epoch=per_epoch,
+                    lr=cfg.semi_lr,
+                    weight_decay=cfg.semi_weight_decay,
+                    optimizer="sgd",
+                    schedule="cosine",
+                    report_every=max(1, epochs // 10),
+                ),
+                hooks,
+            )
+            self.model = unwrap(self.model).cpu().eval()
         return {
             self.objective: ces[best],
             "selected_head": best,

@@ -163,7 +163,7 @@ class _CachedSteps:
         self.seed, self.rank = seed, rank
 
     def batches(self, epoch: int, steps: int) -> Iterator[dict[str, Tensor]]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7919 + epoch)
+        gen = loop.epoch_generator(self.seed, self.rank, epoch)
         for _ in range(steps):
             ids = self.sampler.sample(self.batch, gen)
             out = {
@@ -300,7 +300,7 @@ class Unic(ClusteringMethod):
     ) -> nn.Module:
         """Spec section 8, finetune mode: warm-start the head on embeddings, then train the last
         backbone blocks + head on augmented images of anchors, positives and negatives."""
-        from trainables.finetune import BackboneWithHead, FinetuneSteps, build_trainable_backbone
+        from trainables.finetune import finetune_model
 
         cfg = self.resolved
         if inputs.images is None or inputs.backbone is None:
@@ -310,30 +310,25 @@ class Unic(ClusteringMethod):
             head = self._select_head(head, inputs)
         elif isinstance(head, MultiHead):  # no warm start: keep the first restart
             head = head.heads[0]
-        backbone = build_trainable_backbone(
-            inputs.backbone, inputs.backbone_weights, cfg.unfreeze_last_blocks
-        )
-        model = BackboneWithHead(backbone, head)
-        batch = max(1, min(cfg.ft_batch_size, len(inputs.embeddings)) // hooks.world_size)
-        steps = FinetuneSteps(
-            cached.sampler,
-            inputs.images,
-            backbone.pretrained_cfg,
-            cfg.augment,
-            batch,
-            inputs.seed,
-            hooks.world_rank,
+
+        def sample(batch: int, gen: torch.Generator) -> dict[str, Tensor]:
+            ids = cached.sampler.sample(batch, gen)
+            if "negative" in ids:
+                ids["negative"] = ids["negative"].flatten()
+            return ids
+
+        views = dict.fromkeys(("anchor", "positive", "negative"), cfg.augment)
+        return finetune_model(
+            head,
+            inputs,
+            cfg,
+            hooks,
+            sample,
+            views,
             lambda m, b: unic_step(m, b, cfg),
-        )
-        ft_loop = loop.LoopConfig(
-            epochs=cfg.ft_epochs,
-            steps_per_epoch=math.ceil(len(inputs.embeddings) / (batch * hooks.world_size)),
-            lr=cfg.ft_lr,
-            weight_decay=cfg.ft_weight_decay,
             optimizer="sgd",
             schedule="cosine",
         )
-        return loop.fit(model, steps, ft_loop, hooks).cpu().eval()
 
     def predict_images(self, images, batch_size: int = 64) -> np.ndarray:
         """Cluster ids of an ImageSet through the finetuned backbone + head (eval geometry)."""

@@ -1,0 +1,86 @@
+"""Finetune modes of every method that has one: the backbone's last blocks and the head train
+on augmented images through the one loop, earlier blocks stay frozen, and predictions come
+from the finetuned backbone."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from deepclust.backbones import DEFAULT_BACKBONE, build_backbone
+from deepclust.config import from_dict
+from deepclust.datasets import ImageSet
+from deepclust.knn import knn_self, l2_normalize
+from tests.conftest import make_images
+from trainables.finetune import BackboneWithHead, FinetuneOptions, embed_images
+from trainables.methods import METHODS, FitInputs
+
+FINETUNABLE = [
+    n
+    for n in METHODS.names()
+    if "finetune" in {f.name for f in dataclasses.fields(METHODS.get(n).Config)}
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_images():
+    """24 images of two classes and their offline-backbone embeddings."""
+    import io
+
+    from PIL import Image
+
+    encoded, labels = make_images(24)
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in encoded])
+    images = ImageSet("tiny", "train", labels, 2, ("warm", "cool"), "tiny-0", pixels=pixels)
+    backbone, _ = build_backbone(DEFAULT_BACKBONE)
+    backbone.reset_classifier(0)
+    emb = l2_normalize(embed_images(BackboneWithHead(backbone, torch.nn.Identity()), images))
+    return images, emb.astype(np.float32), labels
+
+
+def test_the_baselines_with_a_finetune_mode():
+    # TEMI trains heads on a frozen backbone in its paper; k-means has no network
+    assert set(FINETUNABLE) == {"iic", "scan", "scan_selflabel", "spice", "unic"}
+    assert all(
+        issubclass(METHODS.get(n).Config, FinetuneOptions) for n in FINETUNABLE if n != "unic"
+    )
+
+
+@pytest.mark.parametrize("name", FINETUNABLE)
+def test_finetune_trains_the_last_block_and_predicts_images(name, tiny_images):
+    images, emb, labels = tiny_images
+    method_cls = METHODS.get(name)
+    overrides = {**method_cls.smoke, "finetune": True, "ft_epochs": 1, "ft_batch_size": 8}
+    if name == "spice":
+        overrides["ft_batch_size"] = 2  # labelled images per step (x7 unlabelled)
+    init_state = None
+    if method_cls.starts_from:  # the parent stage in cached mode, as the pipeline runs it
+        parent_cls = METHODS.get(method_cls.starts_from)
+        parent = parent_cls(from_dict(parent_cls.Config, parent_cls.smoke))
+        parent.fit(FitInputs(emb, 2, 0, neighbors=knn_self(emb, 10)[0]))
+        init_state = parent.export_state()
+    inputs = FitInputs(
+        embeddings=emb,
+        num_clusters=2,
+        seed=0,
+        neighbors=knn_self(emb, 10)[0],
+        images=images,
+        backbone=DEFAULT_BACKBONE,
+        init_state=init_state,
+    )
+    method = method_cls(from_dict(method_cls.Config, overrides))
+    diagnostics = method.fit(inputs)
+    assert np.isfinite(diagnostics[method_cls.objective])
+
+    pretrained, _ = build_backbone(DEFAULT_BACKBONE)
+    tuned = method.finetuned.backbone if method.finetuned is not None else method.model.backbone
+    before = dict(pretrained.named_parameters())
+    changed = {n: not torch.equal(p, before[n]) for n, p in tuned.named_parameters()}
+    last = f"blocks.{len(tuned.blocks) - 1}."
+    assert any(v for n, v in changed.items() if n.startswith(last))  # the unfrozen block moved
+    assert not any(v for n, v in changed.items() if n.startswith("blocks.0."))  # frozen ones not
+
+    pred = method.predict_images(images)
+    assert pred.shape == (len(images),) and pred.dtype == np.int64
+    assert pred.min() >= 0 and pred.max() < 2
