@@ -71,6 +71,10 @@ class ArtifactStore:
     def neighbors_dir(self, embedding_key: str, kmax: int) -> Path:
         return self.root / "artifacts" / "neighbors" / embedding_key / f"k{kmax}"
 
+    def gcd_split_dir(self, embedding_key: str, split_key: str) -> Path:
+        """The GCD split of one embedded train pool (stored with the embedding artifacts)."""
+        return self.root / "artifacts" / "gcd" / embedding_key / split_key
+
     def run_dir(self, dataset: str, backbone: str, variant: str, seed: int) -> Path:
         """``variant`` is the method name plus its config hash (``unic-1a2b3c4d``)."""
         return (

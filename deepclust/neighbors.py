@@ -123,6 +123,7 @@ def clean_positives(
     m: int | None = None,
     min_shared_frac: float = 0.2,
     spread_drop_frac: float = 0.2,
+    veto: np.ndarray | None = None,
 ) -> PositiveTable:
     """Second-order cleaning of each anchor's first ``pos_k`` neighbours (spec section 4).
 
@@ -147,6 +148,8 @@ def clean_positives(
         keep[order[: math.floor(spread_drop_frac * len(nbr))]] = False
     else:
         keep = np.ones_like(cand, dtype=bool)
+    if veto is not None:
+        keep &= ~veto
     # stable partition: kept entries first, in their original (similarity) order
     order = np.argsort(~keep, axis=1, kind="stable")
     keep_sorted = np.take_along_axis(keep, order, 1)
@@ -206,8 +209,12 @@ class NegativeSampler:
         m: int,
         exclude_shared: bool = True,
         tries: int = 8,
+        labels: np.ndarray | None = None,
     ) -> None:
         check_table(nbr, pos_k=pos_k, clean_m=m)
+        # GCD label constraint: (N,) labels, -1 unlabelled; a labelled candidate with the
+        # labelled anchor's label is never a negative
+        self.labels = None if labels is None else torch.from_numpy(np.asarray(labels))
         self.features = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
         nbr_t = torch.from_numpy(np.ascontiguousarray(nbr))
         self.pos_lists = nbr_t[:, :pos_k].sort(1).values
@@ -223,6 +230,9 @@ class NegativeSampler:
         cos = torch.einsum("bd,bkd->bk", self.features[anchors], self.features[cand])
         ok = cos < self.thresholds[anchors][:, None]
         ok &= ~_member(self.pos_lists[anchors], cand)
+        if self.labels is not None:
+            la = self.labels[anchors][:, None]
+            ok &= ~((la >= 0) & (self.labels[cand] == la))
         if self.exclude_shared:
             lists_j = self.m_lists[cand]  # (B, K, m)
             lists_i = self.m_lists[anchors][:, None, :].expand_as(lists_j).contiguous()
@@ -233,3 +243,63 @@ class NegativeSampler:
         fallback = cos.argmin(-1)
         pick = torch.where(ok.any(-1), first_ok, fallback)
         return cand.gather(-1, pick[..., None]).squeeze(-1)
+
+
+def label_veto(cand: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """GCD label constraint on mined pairs (spec 9): (N, k) candidate ids and (N,) labels
+    (-1 = unlabelled) -> (N, k) bool, True where anchor and candidate are both labelled with
+    different labels (such a pair is never a positive)."""
+    la = labels[:, None]
+    lc = labels[cand]
+    return (la >= 0) & (lc >= 0) & (la != lc)
+
+
+class LabelledPool:
+    """Labelled rows grouped by label (GCD, spec 9): same-label positives and other-label
+    negatives for labelled anchors, drawn uniformly with a generator.
+
+    ``labels`` (N,) int with -1 for unlabelled rows.
+    """
+
+    def __init__(self, labels: np.ndarray) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        rows = np.flatnonzero(labels >= 0)
+        rows = rows[np.argsort(labels[rows], kind="stable")]
+        size = int(labels.max()) + 1 if len(rows) else 1
+        classes, start, count = np.unique(labels[rows], return_index=True, return_counts=True)
+        start_of, count_of = np.zeros(size, np.int64), np.zeros(size, np.int64)
+        start_of[classes], count_of[classes] = start, count
+        slot = np.full(len(labels), -1, np.int64)
+        slot[rows] = np.arange(len(rows))
+        self.labels = torch.from_numpy(labels)
+        self.rows = torch.from_numpy(rows)
+        self.start_of, self.count_of = torch.from_numpy(start_of), torch.from_numpy(count_of)
+        self.slot = torch.from_numpy(slot)
+
+    def positives(
+        self, anchors: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) anchors -> (B,) another labelled row of the anchor's label, and (B,) valid
+        (a labelled anchor whose label has at least two rows); invalid rows return the anchor."""
+        lab = self.labels[anchors]
+        c = lab.clamp(min=0)
+        start, count = self.start_of[c], self.count_of[c]
+        r = (torch.rand(len(anchors), generator=gen) * (count - 1).clamp(min=1)).long()
+        r += (r >= self.slot[anchors] - start).long()  # skip the anchor itself
+        valid = (lab >= 0) & (count >= 2)
+        ids = self.rows[(start + r).clamp(max=max(0, len(self.rows) - 1))]
+        return torch.where(valid, ids, anchors), valid
+
+    def negatives(
+        self, anchors: torch.Tensor, n_neg: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) anchors -> (B, n_neg) labelled rows of another label, and (B, n_neg) valid."""
+        lab = self.labels[anchors]
+        c = lab.clamp(min=0)
+        start, count = self.start_of[c][:, None], self.count_of[c][:, None]
+        others = len(self.rows) - count
+        r = (torch.rand(len(anchors), n_neg, generator=gen) * others.clamp(min=1)).long()
+        r += (r >= start).long() * count  # jump over the anchor's label block
+        valid = ((lab >= 0)[:, None] & (others > 0)).expand(-1, n_neg)
+        ids = self.rows[r.clamp(max=max(0, len(self.rows) - 1))]
+        return torch.where(valid, ids, anchors[:, None].expand(-1, n_neg)), valid

@@ -1,8 +1,9 @@
 """Leaderboard: every ``runs/**/metrics.json`` -> one table (Markdown, CSV, JSON).
 
-Rows are (benchmark, backbone, method, config) with metrics averaged over seeds (mean and
-std), the label-free objective that selected the config, and the neighbour precision of the
-mined kNN graph as a diagnostic.
+Rows are (setting, benchmark, backbone, method, config) with metrics averaged over seeds (mean
+and std), the label-free objective that selected the config, and the neighbour precision of the
+mined kNN graph as a diagnostic. GCD rows report All accuracy (v2, on the unlabelled pool) as
+ACC, plus Old / New.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pandas as pd
 from deepclust.artifacts import ArtifactStore
 
 METRICS = ("acc", "nmi", "ari")
-GROUP = ("benchmark", "backbone", "method", "config_hash")
+GCD_METRICS = ("acc_old", "acc_new")  # GCD rows: acc is All accuracy (v2) on the unlabelled pool
+GROUP = ("setting", "benchmark", "backbone", "method", "config_hash")
 
 
 def collect_runs(store: ArtifactStore) -> list[dict[str, Any]]:
@@ -34,6 +36,7 @@ def build_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
     if not runs:
         return pd.DataFrame(columns=[*GROUP, "seeds", *METRICS])
     df = pd.DataFrame(runs)
+    df["setting"] = df["setting"].fillna("clustering") if "setting" in df else "clustering"
     rows = []
     for keys, group in df.groupby(list(GROUP), sort=True):
         row: dict[str, Any] = dict(zip(GROUP, keys, strict=True))
@@ -41,6 +44,10 @@ def build_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
         for m in METRICS:
             row[m] = float(group[m].mean())
             row[f"{m}_std"] = float(group[m].std(ddof=0)) if len(group) > 1 else 0.0
+        for m in GCD_METRICS:
+            if m in group and group[m].notna().any():
+                row[m] = float(group[m].mean())
+                row[f"{m}_std"] = float(group[m].std(ddof=0)) if len(group) > 1 else 0.0
         nbr_cols = sorted(c for c in group.columns if c.startswith("nbr_precision@"))
         for c in nbr_cols:
             row[c] = float(group[c].mean())
@@ -54,11 +61,14 @@ def build_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
         row["n_eval"] = int(group["n_eval"].iloc[0])
         rows.append(row)
     table = pd.DataFrame(rows)
-    return table.sort_values(["benchmark", "acc"], ascending=[True, False]).reset_index(drop=True)
+    return table.sort_values(
+        ["setting", "benchmark", "acc"], ascending=[True, True, False]
+    ).reset_index(drop=True)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
     cols = [
+        "setting",
         "benchmark",
         "backbone",
         "method",
@@ -66,6 +76,7 @@ def to_markdown(table: pd.DataFrame) -> str:
         "ACC",
         "NMI",
         "ARI",
+        "GCD Old / New",
         "kNN prec@20",
         "s/run",
         "objective",
@@ -79,7 +90,11 @@ def to_markdown(table: pd.DataFrame) -> str:
             return f"{100 * r[m]:.2f}"
 
         prec = r.get("nbr_precision@20", np.nan)
+        old_new = "-"
+        if not pd.isna(r.get("acc_old", np.nan)):
+            old_new = f"{100 * r['acc_old']:.2f} / {100 * r['acc_new']:.2f}"
         cells = [
+            r["setting"],
             r["benchmark"],
             r["backbone"],
             r["method"],
@@ -87,6 +102,7 @@ def to_markdown(table: pd.DataFrame) -> str:
             fmt("acc"),
             fmt("nmi"),
             fmt("ari"),
+            old_new,
             "-" if pd.isna(prec) else f"{100 * prec:.2f}",
             "-" if pd.isna(r["seconds"]) else f"{r['seconds']:.0f}",
             r["objective"],

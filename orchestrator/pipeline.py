@@ -18,6 +18,7 @@ from deepclust.artifacts import ArtifactStore, Embeddings, stable_key
 from deepclust.config import from_dict, to_dict
 from deepclust.datasets import DatasetSpec, ImageSet
 from deepclust.errors import UserError
+from deepclust.gcd import GcdSplit, default_old_classes, gcd_scores, make_split
 from deepclust.metrics import clustering_metrics
 from orchestrator.embed import EmbedOptions, ensure_embeddings
 from orchestrator.mine import ensure_neighbors
@@ -45,6 +46,9 @@ class SweepSettings:
     knn_backend: str
     knn_shards: int
     batch_size: int
+    setting: str = "clustering"  # clustering | gcd
+    gcd_labelled_frac: float = 0.5  # of the Old-class images (spec gcd 1.1)
+    gcd_val_frac: float = 0.0  # of each Old class's labelled images, held out for selection
 
 
 @dataclass(frozen=True)
@@ -93,9 +97,11 @@ def _job(
     nbr_meta: dict,
     settings: SweepSettings,
     work_dir: Path,
+    gcd_file: Path | None,
 ) -> dict[str, Any]:
     """The plain dict a Ray Train worker rebuilds the method and its inputs from."""
     return {
+        "gcd_split": str(gcd_file) if gcd_file else None,  # read only by gcd_labels methods
         "method": run.method,
         "method_config": run.config,
         "seed": run.seed,
@@ -125,8 +131,12 @@ def run_method(
     store: ArtifactStore,
     ray_session: RaySession,
     require_state: bool = False,
+    gcd: tuple[GcdSplit, Path, str] | None = None,
 ) -> dict[str, Any]:
     """Fit, predict the eval split, score, and write the run's artifacts (cached by key).
+
+    ``gcd`` (the split, its file and key): the GCD setting. Methods with ``gcd_labels`` get the
+    labelled rows and their labels, nothing else; every run is scored on the unlabelled rows.
 
     ``require_state``: a cached run without its exported state (a later stage needs it) is
     trained again.
@@ -136,6 +146,12 @@ def run_method(
     the parent's saved state.
     """
     method_cls = METHODS.get(run.method)
+    setting = "gcd" if gcd else "clustering"
+    if setting not in method_cls.settings:
+        raise UserError(
+            f"method '{run.method}' does not run in the {setting} setting; "
+            f"use --setting {sorted(method_cls.settings)[0]}"
+        )
     config_dict = to_dict(from_dict(method_cls.Config, run.config))
     nbr_meta = neighbors[1]
     parent, parent_key, init_state = None, None, None
@@ -159,18 +175,20 @@ def run_method(
             store,
             ray_session,
             require_state=True,
+            gcd=gcd,
         )
         parent_key = parent["key"]
         parent_dir = store.run_dir(
             splits.fit.name,
             settings.backbone,
-            f"{parent['method']}-{parent['config_hash']}",
+            _variant(parent["method"], parent["config_hash"], gcd),
             run.seed,
         )
         init_state = parent_dir / inputs.STATE_FILE
     key = stable_key(
         {
             **({"parent": parent_key} if parent_key else {}),
+            **({"gcd_split": gcd[2]} if gcd else {}),
             "fit": fit_emb.meta["key"],
             "eval": eval_emb.meta["key"],
             "method": run.method,
@@ -182,7 +200,7 @@ def run_method(
     )
     config_hash = stable_key(config_dict)[:8]
     run_dir = store.run_dir(
-        splits.fit.name, settings.backbone, f"{run.method}-{config_hash}", run.seed
+        splits.fit.name, settings.backbone, _variant(run.method, config_hash, gcd), run.seed
     )
     previous = store.read_run(run_dir)
     if (
@@ -207,6 +225,7 @@ def run_method(
             nbr_meta,
             settings,
             run_dir.with_name(run_dir.name + ".work"),
+            gcd[1] if gcd and method_cls.gcd_labels else None,
         )
         # Ray caps a 1-CPU worker at one thread; trials run one at a time here, so on CPU each
         # worker may use its share of the node (as the embedding actors do)
@@ -229,6 +248,7 @@ def run_method(
                 neighbors=neighbors[0] if "neighbors" in method_cls.needs else None,
                 labels=fit_emb.labels if method_cls.uses_labels else None,
                 init_state=inputs.load_state(str(init_state) if init_state else None),
+                **(_labelled(gcd[0]) if gcd and method_cls.gcd_labels else {}),
             )
         )  # leak guard
         predictions = method.predict(eval_emb.features)
@@ -238,9 +258,14 @@ def run_method(
 
             state_file = run_dir.with_name(run_dir.name + ".state.pt")
             torch.save(state, state_file)
-    metrics = clustering_metrics(eval_emb.labels[: len(predictions)], predictions)
+    if gcd:
+        metrics = gcd_scores(predictions, eval_emb.labels, gcd[0])
+    else:
+        metrics = clustering_metrics(eval_emb.labels[: len(predictions)], predictions)
     result = {
         "key": key,
+        "setting": setting,
+        **({"old_classes": list(gcd[0].old_classes)} if gcd else {}),
         "benchmark": splits.spec.name,
         "fit_split": splits.fit.split,
         "eval_split": splits.eval.split,
@@ -254,7 +279,7 @@ def run_method(
         "diagnostics": diagnostics,
         "num_clusters": splits.fit.num_classes,
         "n_fit": len(fit_emb.labels),
-        "n_eval": len(predictions),
+        "n_eval": len(gcd[0].unlabelled_idx) if gcd else len(predictions),
         **metrics,
         **{k: v for k, v in nbr_meta.items() if k.startswith("nbr_precision@")},
         "seconds": round(time.perf_counter() - t0, 2),
@@ -276,6 +301,58 @@ def run_method(
         ", ".join(f"{k}={v:.3g}" for k, v in diagnostics.items() if isinstance(v, int | float)),
     )
     return result
+
+
+def _variant(method: str, config_hash: str, gcd) -> str:
+    return f"{method}-gcd-{config_hash}" if gcd else f"{method}-{config_hash}"
+
+
+def _labelled(split: GcdSplit) -> dict[str, np.ndarray]:
+    """What a GCD method may see (spec gcd 2): labelled rows and their labels, nothing else."""
+    return {"labelled_idx": split.labelled_idx, "labelled_y": split.labelled_y}
+
+
+def ensure_gcd_split(
+    splits: BenchmarkSplits, fit_emb: Embeddings, settings: SweepSettings, store: ArtifactStore
+) -> tuple[GcdSplit, Path, str]:
+    """The benchmark's GCD split (spec gcd 1: Old classes, 50% of their images labelled, seed
+    0), computed once per embedded train pool and stored beside the embeddings."""
+    old = default_old_classes(splits.spec.name, splits.fit.num_classes)
+    key = stable_key(
+        {
+            "labels": fit_emb.meta["key"],
+            "old": list(old),
+            "labelled_frac": settings.gcd_labelled_frac,
+            "val_frac": settings.gcd_val_frac,
+        }
+    )
+    directory = store.gcd_split_dir(fit_emb.meta["key"], key)
+    path = directory / "split.npz"
+    if ArtifactStore.check(directory, key) is None and path.is_file():
+        with np.load(path) as f:
+            return GcdSplit.from_arrays(dict(f)), path, key
+    split = make_split(fit_emb.labels, old, settings.gcd_labelled_frac, settings.gcd_val_frac)
+    tmp = ArtifactStore.begin(directory)
+    np.savez(tmp / "split.npz", **split.arrays())
+    ArtifactStore.commit(
+        tmp,
+        directory,
+        key,
+        len(fit_emb.labels),
+        old_classes=list(old),
+        labelled=len(split.labelled_idx),
+        unlabelled=len(split.unlabelled_idx),
+        val=len(split.val_idx),
+    )
+    log.info(
+        "GCD split of %s: Old classes %s, %d labelled, %d held out, %d unlabelled",
+        splits.spec.name,
+        list(old),
+        len(split.labelled_idx),
+        len(split.val_idx),
+        len(split.unlabelled_idx),
+    )
+    return split, path, key
 
 
 def prepare_artifacts(
@@ -303,10 +380,19 @@ def run_benchmark(
     ray_session: RaySession,
     runs: list[MethodRun] | None = None,
 ) -> list[dict[str, Any]]:
-    """Embed, mine and run every requested method x seed (or ``runs``) on one benchmark."""
+    """Embed, mine and run every requested method x seed (or ``runs``) on one benchmark.
+
+    GCD: the fit split is the whole pool (the protocol is transductive; the eval split is
+    not used) and every run is scored on its unlabelled rows.
+    """
+    gcd = None
+    if settings.setting == "gcd":
+        splits = BenchmarkSplits(splits.spec, splits.fit, splits.fit)
     fit_emb, eval_emb, neighbors = prepare_artifacts(splits, settings, store, ray_session)
+    if settings.setting == "gcd":
+        gcd = ensure_gcd_split(splits, fit_emb, settings, store)
     runs = runs or [MethodRun(m, seed) for m in settings.methods for seed in settings.seeds]
     return [
-        run_method(r, splits, fit_emb, eval_emb, neighbors, settings, store, ray_session)
+        run_method(r, splits, fit_emb, eval_emb, neighbors, settings, store, ray_session, gcd=gcd)
         for r in runs
     ]

@@ -39,6 +39,10 @@ def build(job: dict[str, Any]) -> tuple[ClusteringMethod, FitInputs]:
     if "neighbors" in method_cls.needs:
         nbr = ArtifactStore.read_neighbors(Path(job["neighbors"]))[0]
     finetune = bool(getattr(method.config, "finetune", False))
+    labelled = {}
+    if job.get("gcd_split") and method_cls.gcd_labels:  # GCD: the labelled rows only
+        with np.load(job["gcd_split"]) as split:
+            labelled = {"labelled_idx": split["labelled_idx"], "labelled_y": split["labelled_y"]}
     inputs = FitInputs(
         embeddings=fit.features,
         num_clusters=int(job["num_clusters"]),
@@ -49,6 +53,7 @@ def build(job: dict[str, Any]) -> tuple[ClusteringMethod, FitInputs]:
         backbone=job.get("backbone"),
         backbone_weights=job.get("backbone_weights"),
         init_state=load_state(job.get("init_state")),
+        **labelled,
     )
     return method, inputs
 

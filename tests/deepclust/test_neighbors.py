@@ -8,9 +8,11 @@ import torch
 
 from deepclust.errors import UserError
 from deepclust.neighbors import (
+    LabelledPool,
     NegativeSampler,
     clean_positives,
     frac_threshold,
+    label_veto,
     negative_thresholds,
     shared_counts,
     spread_sizes,
@@ -137,3 +139,52 @@ def test_sampled_reference_threshold_approximates_the_exact_rank():
     frac_below = (sims < approx[:, None]).sum(1) / 2999
     assert abs(frac_below.mean() - 0.1) < 0.01 and np.abs(exact - approx).mean() < 0.02
     assert math.isfinite(float(exact.max()))
+
+
+# spec 12 case 10: the same graph, labelled {0: A, 1: A, 4: B, 5: B}, the rest unlabelled (-1)
+GCD_LABELS = np.array([0, 0, -1, -1, 1, 1, -1, -1])
+
+
+def _pairs(draw, anchors, reps=300):
+    gen = torch.Generator().manual_seed(0)
+    a = torch.tensor(anchors * reps)
+    ids, valid = draw(a, gen)
+    ids, valid = ids.reshape(len(a), -1), valid.reshape(len(a), -1)
+    out = {i: set() for i in anchors}
+    for x, row, ok in zip(a.tolist(), ids.tolist(), valid.tolist(), strict=True):
+        out[x] |= {j for j, v in zip(row, ok, strict=True) if v}
+    return out
+
+
+def test_gcd_labelled_positives_and_label_negatives():
+    pool = LabelledPool(GCD_LABELS)
+    pos = _pairs(pool.positives, [0, 4, 3])
+    assert pos == {0: {1}, 4: {5}, 3: set()}  # unlabelled anchors keep their mined positives
+    neg = _pairs(lambda a, g: pool.negatives(a, 2, g), [0, 4, 3])
+    assert neg == {0: {4, 5}, 4: {0, 1}, 3: set()}  # gcd_neg_source="labels" pool
+
+
+def test_gcd_label_veto_acts_before_cleaning():
+    t = clean_positives(
+        NBR, 3, "pair_overlap", m=3, min_shared_frac=1 / 3, veto=label_veto(NBR, GCD_LABELS)
+    )
+    assert kept(t, 3) == [2, 0]  # unlabelled anchor 3: as without labels (sigma = 1/3)
+    labels = GCD_LABELS.copy()
+    labels[3] = 0  # if 3 were labelled A, the pairs 3->4 and 4->3 are vetoed
+    veto = label_veto(NBR, labels)
+    assert veto[3].tolist() == [False, True, False] and veto[4].tolist() == [False, False, True]
+    t = clean_positives(NBR, 3, "none", veto=veto)
+    assert 4 not in kept(t, 3) and 3 not in kept(t, 4)
+
+
+def test_gcd_negatives_never_share_the_labelled_anchors_label():
+    feats = _circle_features()
+    t = negative_thresholds(feats, 0.0)
+    nbr = np.array([[2, 3]] * 8)
+    labels = np.array([0, 0, -1, -1, 1, 1, -1, -1])
+    sampler = NegativeSampler(
+        feats, nbr, t, pos_k=1, m=2, exclude_shared=False, tries=64, labels=labels
+    )
+    assert 1 not in _pool(sampler, 0) and 1 in _pool(
+        NegativeSampler(feats, nbr, t, 1, 2, False, 64), 0
+    )

@@ -37,9 +37,9 @@ def test_files_are_written_from_run_dirs(tmp_path):
             store.run_dir("digits", "b", "kmeans", seed), np.zeros(3), _run("kmeans", seed, acc)
         )
     table, markdown = write_leaderboard(store)
-    assert "| digits | b | kmeans | 2 | 60.00 ± 10.00 |" in markdown
+    assert "| clustering | digits | b | kmeans | 2 | 60.00 ± 10.00 |" in markdown
     assert json.loads(store.leaderboard_path("json").read_text())[0]["seeds"] == 2
-    assert store.leaderboard_path("csv").read_text().startswith("benchmark,")
+    assert store.leaderboard_path("csv").read_text().startswith("setting,benchmark,")
 
 
 def test_wall_time_prefers_the_staged_total_and_tolerates_untimed_runs():
@@ -55,4 +55,14 @@ def test_wall_time_prefers_the_staged_total_and_tolerates_untimed_runs():
 
 def test_empty_leaderboard(tmp_path):
     table, markdown = write_leaderboard(ArtifactStore(tmp_path))
-    assert table.empty and markdown.startswith("| benchmark |")
+    assert table.empty and markdown.startswith("| setting | benchmark |")
+
+
+def test_gcd_rows_show_old_and_new_and_stay_apart_from_clustering_rows():
+    gcd = [_run("unic", s, 0.6, setting="gcd", acc_old=0.8, acc_new=0.5) for s in (0, 1)]
+    table = build_table([*gcd, _run("unic", 0, 0.4)])
+    assert list(table["setting"]) == ["clustering", "gcd"]  # same method, two rows
+    from orchestrator.leaderboard import to_markdown
+
+    row = [line for line in to_markdown(table).splitlines() if line.startswith("| gcd |")][0]
+    assert "| 80.00 / 50.00 |" in row

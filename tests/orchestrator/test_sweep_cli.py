@@ -117,12 +117,17 @@ def test_unreachable_hub_weights_are_a_one_line_error(tiny_parquet, tmp_path):
 
 
 def test_methods_default_and_all(tmp_path):
-    """The default keeps the offline main command short; 'all' expands to the registry."""
-    from orchestrator.sweep import DEFAULT_METHODS, _settings, build_parser
+    """The default keeps the offline main command short; 'all' expands to the registry's
+    methods of the setting (GCD adds semi-supervised k-means)."""
+    from orchestrator.sweep import DEFAULT_GCD_METHODS, DEFAULT_METHODS, _settings, build_parser
     from trainables.methods import METHODS
 
     parser = build_parser()
     default = _settings(parser.parse_args(["--benchmark", "digits"]), False)
     assert default.methods == DEFAULT_METHODS and set(DEFAULT_METHODS) <= set(METHODS.names())
     every = _settings(parser.parse_args(["--benchmark", "digits", "--methods", "all"]), False)
-    assert every.methods == tuple(METHODS.names())
+    assert every.methods == tuple(n for n in METHODS.names() if n != "sskmeans")
+    gcd = parser.parse_args(["--benchmark", "digits", "--setting", "gcd"])
+    assert _settings(gcd, False).methods == DEFAULT_GCD_METHODS
+    gcd_all = parser.parse_args(["--benchmark", "digits", "--setting", "gcd", "--methods", "all"])
+    assert _settings(gcd_all, False).methods == tuple(METHODS.names())

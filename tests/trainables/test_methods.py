@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from deepclust.config import from_dict
+from deepclust.gcd import make_split
 from deepclust.knn import knn_self, l2_normalize
 from deepclust.metrics import hungarian_acc
 from trainables.methods import METHODS, ClusteringMethod, FitInputs
@@ -18,16 +19,22 @@ def blobs(n_per: int = 40, k: int = 4, d: int = 16, seed: int = 0):
     return l2_normalize(x), np.repeat(np.arange(k), n_per)
 
 
-def inputs_for(method_cls, x, y, seed=0):
+def inputs_for(method_cls, x, y, seed=0, split=None):
     """The runner's inputs: labels only for methods that declare them; a staged method gets
-    its parent's exported state (parent fitted with its smoke config)."""
+    its parent's exported state (parent fitted with its smoke config). GCD (``split``, or a
+    GCD-only method): ``gcd_labels`` methods get the labelled rows and their labels only."""
     nbr = knn_self(x, 10)[0] if "neighbors" in method_cls.needs else None
+    if split is None and "clustering" not in method_cls.settings:
+        split = make_split(y, (0, 1))
     init_state = None
     if method_cls.starts_from:
         parent_cls = METHODS.get(method_cls.starts_from)
         parent = parent_cls(from_dict(parent_cls.Config, parent_cls.smoke))
-        parent.fit(inputs_for(parent_cls, x, y, seed))
+        parent.fit(inputs_for(parent_cls, x, y, seed, split))
         init_state = parent.export_state()
+    labelled = {}
+    if split is not None and method_cls.gcd_labels:
+        labelled = {"labelled_idx": split.labelled_idx, "labelled_y": y[split.labelled_idx]}
     return FitInputs(
         embeddings=x,
         num_clusters=int(y.max()) + 1,
@@ -35,6 +42,7 @@ def inputs_for(method_cls, x, y, seed=0):
         neighbors=nbr,
         labels=y if method_cls.uses_labels else None,
         init_state=init_state,
+        **labelled,
     )
 
 
@@ -100,8 +108,32 @@ def test_labels_never_change_the_result(name):
         pytest.skip("declares uses_labels")
     x, y = blobs(seed=5)
     outs = []
+    if "clustering" not in method_cls.settings:
+        pytest.skip("GCD only: see test_gcd_hidden_labels_never_change_the_result")
     for labels in (y, np.random.default_rng(0).permutation(y)):
         inputs = inputs_for(method_cls, x, labels)
+        assert inputs.labels is None
+        m = method_cls(from_dict(method_cls.Config, method_cls.smoke))
+        diag = m.fit(inputs)
+        outs.append((m.predict(x), diag[method_cls.objective]))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    assert outs[0][1] == outs[1][1]
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS.names() if "gcd" in METHODS.get(n).settings])
+def test_gcd_hidden_labels_never_change_the_result(name):
+    """GCD (spec gcd 2): shuffling the labels of the unlabelled images (Old and New alike)
+    changes no output of any method; only the labelled rows' labels may matter."""
+    method_cls = METHODS.get(name)
+    x, y = blobs(seed=5)
+    split = make_split(y, (0, 1))
+    hidden = split.unlabelled_idx
+    shuffled = y.copy()
+    shuffled[hidden] = np.random.default_rng(0).permutation(y[hidden])
+    assert (shuffled != y).any()
+    outs = []
+    for labels in (y, shuffled):
+        inputs = inputs_for(method_cls, x, labels, split=split)
         assert inputs.labels is None
         m = method_cls(from_dict(method_cls.Config, method_cls.smoke))
         diag = m.fit(inputs)

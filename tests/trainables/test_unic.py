@@ -60,3 +60,39 @@ def test_empty_anchor_policies():
         assert rows.any()
         assert (batch["pos_mask"][rows] == mask_value).all()
         assert (batch["positive"][rows] == positive).all()
+
+
+@pytest.mark.parametrize("neg_source", ["mined", "labels", "both"])
+def test_gcd_labelled_anchors_use_their_labels(neg_source):
+    """Spec 9: labelled anchors take same-label labelled positives; labels veto contradicting
+    mined pairs and negatives; unlabelled anchors keep mined positives."""
+    import torch
+
+    from deepclust.gcd import make_split
+    from deepclust.knn import knn_self
+    from tests.trainables.test_methods import blobs
+    from trainables.methods import FitInputs
+
+    x, y = blobs(n_per=30, k=4, d=8, seed=3)
+    x = (x + 0.8 * np.random.default_rng(0).normal(size=x.shape)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)  # overlapping: some mined pairs are wrong
+    split = make_split(y, (0, 1))
+    nbr = knn_self(x, 20)[0]
+    inputs = FitInputs(
+        x, 4, 0, neighbors=nbr, labelled_idx=split.labelled_idx, labelled_y=split.labelled_y
+    )
+    unic = METHODS.get("unic")(UnicConfig(gcd_neg_source=neg_source, neg_rule="random"))
+    _, sampler = unic._prepare(inputs)
+    assert 0 < unic.diagnostics["gcd_vetoed_pair_frac"] < 1
+    lab = np.full(len(y), -1)
+    lab[split.labelled_idx] = split.labelled_y
+    gen = torch.Generator().manual_seed(0)
+    batch = sampler.sample(4000, gen)
+    a, p = batch["anchor"].numpy(), batch["positive"].numpy()
+    n = batch["negative"].numpy()[:, 0]
+    labelled = lab[a] >= 0
+    assert (lab[p[labelled]] == lab[a[labelled]]).all()  # ground-truth positives
+    assert not ((lab[a] >= 0) & (lab[p] >= 0) & (lab[p] != lab[a])).any()  # no vetoed pair
+    assert not (labelled & (lab[n] == lab[a])).any()  # a negative never shares the label
+    from_labels = (lab[n] >= 0)[labelled].mean()  # labelled anchors' negatives from labels
+    assert from_labels == 1.0 if neg_source == "labels" else from_labels < 0.9

@@ -12,6 +12,7 @@ from trainables.methods.kmeans import KMeans
 from trainables.methods.scan import Scan
 from trainables.methods.selflabel import ScanSelfLabel
 from trainables.methods.spice import Spice
+from trainables.methods.sskmeans import SSKMeans
 from trainables.methods.temi import Temi
 from trainables.methods.unic import Unic
 
@@ -23,5 +24,6 @@ METHODS.add("temi", Temi)
 METHODS.add("iic", Iic)
 METHODS.add("spice", Spice)
 METHODS.add("unic", Unic)
+METHODS.add("sskmeans", SSKMeans)
 
 __all__ = ["METHODS", "ClusteringMethod", "FitInputs"]

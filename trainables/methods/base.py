@@ -28,6 +28,8 @@ class FitInputs:
         images: the fit split's images (same order as embeddings), only for finetuning.
         init_state: the ``export_state()`` of the run this method ``starts_from`` (a staged
             method such as SCAN's self-labelling), else None.
+        labelled_idx, labelled_y: GCD only, and only for methods with ``gcd_labels``: the
+            labelled rows and their (Old-class) labels; nothing about any other row.
     """
 
     embeddings: np.ndarray
@@ -39,6 +41,8 @@ class FitInputs:
     backbone: str | None = None  # backbone name (and weights file) for finetuning modes
     backbone_weights: str | None = None
     init_state: dict[str, Any] | None = None
+    labelled_idx: np.ndarray | None = None
+    labelled_y: np.ndarray | None = None
 
 
 class ClusteringMethod(abc.ABC):
@@ -53,6 +57,10 @@ class ClusteringMethod(abc.ABC):
     # A staged method starts from another registered method's run on the same inputs and
     # seed (the runner trains or reuses that run and passes its export_state() in init_state).
     starts_from: ClassVar[str | None] = None
+    # Settings the method runs in. Unsupervised methods also run in GCD (labels unused, scored
+    # on the unlabelled pool); ``gcd_labels`` methods read the labelled subset there.
+    settings: ClassVar[frozenset[str]] = frozenset({"clustering", "gcd"})
+    gcd_labels: ClassVar[bool] = False
     # Overrides for a laptop-size smoke run (contract tests, --smoke-test); {} = defaults.
     smoke: ClassVar[dict[str, Any]] = {}
 

@@ -21,9 +21,11 @@ from torch import Tensor, nn
 from deepclust.errors import UserError
 from deepclust.neighbors import (
     NEG_RULES,
+    LabelledPool,
     NegativeSampler,
     PositiveTable,
     clean_positives,
+    label_veto,
     negative_thresholds,
 )
 from trainables import loop
@@ -78,6 +80,10 @@ class UnicConfig:
     ft_epochs: int = 50
     augment: str = "simgcd"
     init_head_from_cached: bool = True
+    # --- GCD (spec section 9; used only when labelled images are given) ---
+    gcd_pos_labelled: str = "labels"  # labelled anchors: positives from labels | mined
+    gcd_neg_source: str = "mined"  # mined | labels (other-label labelled rows) | both (50/50)
+    gcd_label_constraints: bool = True  # labels veto mined positives/negatives that contradict
 
 
 def resolve_scale(cfg: UnicConfig, n: int, num_clusters: int, kmax: int) -> UnicConfig:
@@ -106,6 +112,10 @@ def validate(cfg: UnicConfig, kmax: int, num_clusters: int) -> None:
         raise UserError(f"empty_policy must be skip, self or top1, got '{cfg.empty_policy}'")
     if cfg.pos_weighting not in ("uniform", "shared"):
         raise UserError(f"pos_weighting must be uniform or shared, got '{cfg.pos_weighting}'")
+    if cfg.gcd_pos_labelled not in ("labels", "mined"):
+        raise UserError(f"gcd_pos_labelled must be labels or mined, got '{cfg.gcd_pos_labelled}'")
+    if cfg.gcd_neg_source not in ("mined", "labels", "both"):
+        raise UserError(f"gcd_neg_source must be mined, labels or both, got '{cfg.gcd_neg_source}'")
 
 
 class PairSampler:
@@ -117,8 +127,10 @@ class PairSampler:
         positives: PositiveTable,
         nbr: np.ndarray,
         negatives: NegativeSampler | None,
+        labelled: LabelledPool | None = None,
     ) -> None:
         self.cfg = cfg
+        self.labelled = labelled  # GCD: labelled rows act as ground-truth neighbours
         self.idx = torch.from_numpy(positives.idx)
         self.count = torch.from_numpy(positives.count)
         self.weight = torch.from_numpy(positives.shared).float().clamp(min=1e-3)
@@ -147,9 +159,18 @@ class PairSampler:
         else:  # skip (masked) or self (an anchor/self pair, unmasked)
             positives = torch.where(mask, positives, anchors)
             mask = mask | (self.cfg.empty_policy == "self")
+        if self.labelled is not None and self.cfg.gcd_pos_labelled == "labels":
+            same, valid = self.labelled.positives(anchors, gen)
+            positives, mask = torch.where(valid, same, positives), mask | valid
         out = {"anchor": anchors, "positive": positives, "pos_mask": mask}
         if self.negatives is not None:
-            out["negative"] = self.negatives.sample(anchors, self.cfg.n_neg, gen)
+            neg = self.negatives.sample(anchors, self.cfg.n_neg, gen)
+            if self.labelled is not None and self.cfg.gcd_neg_source != "mined":
+                other, valid = self.labelled.negatives(anchors, self.cfg.n_neg, gen)
+                if self.cfg.gcd_neg_source == "both":
+                    valid = valid & (torch.rand(valid.shape, generator=gen) < 0.5)
+                neg = torch.where(valid, other, neg)
+            out["negative"] = neg
         return out
 
 
@@ -211,11 +232,19 @@ class Unic(ClusteringMethod):
     # spec section 10: raw top-5 consistency + random-partner separation - H(mean prediction)
     objective = "selection_score"
     smoke = {"epochs": 10, "num_heads": 2}
+    gcd_labels = True  # GCD: labelled images are ground-truth neighbours (spec 9)
 
     def _prepare(self, inputs: FitInputs) -> tuple[UnicConfig, PairSampler]:
         n, kmax = inputs.neighbors.shape
         cfg = resolve_scale(self.config, n, inputs.num_clusters, kmax)
         validate(cfg, kmax, inputs.num_clusters)
+        labels, labelled, veto = None, None, None
+        if inputs.labelled_idx is not None and len(inputs.labelled_idx):  # GCD (spec 9)
+            labels = np.full(n, -1, dtype=np.int64)
+            labels[inputs.labelled_idx] = inputs.labelled_y
+            labelled = LabelledPool(labels)
+            if cfg.gcd_label_constraints:
+                veto = label_veto(inputs.neighbors[:, : cfg.pos_k], labels)
         positives = clean_positives(
             inputs.neighbors,
             cfg.pos_k,
@@ -223,6 +252,7 @@ class Unic(ClusteringMethod):
             m=cfg.clean_m,
             min_shared_frac=cfg.min_shared_frac,
             spread_drop_frac=cfg.spread_drop_frac,
+            veto=veto,
         )
         negatives = None
         if cfg.neg_rule != "none" and cfg.w_neg:
@@ -238,14 +268,17 @@ class Unic(ClusteringMethod):
                 cfg.clean_m,
                 cfg.neg_exclude_shared and cfg.neg_rule == "far_rank",
                 cfg.neg_tries,
+                labels if cfg.gcd_label_constraints else None,
             )
         self.diagnostics = {
             "kept_pair_frac": positives.kept_fraction(),
             "empty_anchor_frac": positives.empty_fraction(),
         }
+        if veto is not None:
+            self.diagnostics["gcd_vetoed_pair_frac"] = float(veto.mean())
         self.positives = positives
         self.resolved = cfg
-        return cfg, PairSampler(cfg, positives, inputs.neighbors, negatives)
+        return cfg, PairSampler(cfg, positives, inputs.neighbors, negatives, labelled)
 
     def fit(self, inputs: FitInputs, hooks: loop.LoopHooks | None = None) -> dict[str, float]:
         hooks = hooks or loop.LoopHooks()
