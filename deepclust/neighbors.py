@@ -275,6 +275,15 @@ class LabelledPool:
         self.rows = torch.from_numpy(rows)
         self.start_of, self.count_of = torch.from_numpy(start_of), torch.from_numpy(count_of)
         self.slot = torch.from_numpy(slot)
+        cluster = np.full(size, -1, np.int64)
+        cluster[classes] = np.arange(len(classes))  # labelled class (sorted) -> fixed cluster
+        self.cluster = torch.from_numpy(cluster)
+
+    def cluster_of(self, anchors: torch.Tensor) -> torch.Tensor:
+        """(B,) anchors -> the fixed cluster of a labelled anchor's class (sorted order), -1
+        for unlabelled anchors (the target of UNIC's optional supervised term)."""
+        lab = self.labels[anchors]
+        return torch.where(lab >= 0, self.cluster[lab.clamp(min=0)], torch.full_like(lab, -1))
 
     def positives(
         self, anchors: torch.Tensor, gen: torch.Generator

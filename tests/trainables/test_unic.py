@@ -96,3 +96,14 @@ def test_gcd_labelled_anchors_use_their_labels(neg_source):
     assert not (labelled & (lab[n] == lab[a])).any()  # a negative never shares the label
     from_labels = (lab[n] >= 0)[labelled].mean()  # labelled anchors' negatives from labels
     assert from_labels == 1.0 if neg_source == "labels" else from_labels < 0.9
+
+
+def test_gcd_supervised_option_targets_the_fixed_cluster_of_each_labelled_class():
+    import torch
+
+    from deepclust.neighbors import LabelledPool
+
+    labels = np.array([3, -1, 7, 3, -1, 7, 9])
+    pool = LabelledPool(labels)
+    targets = pool.cluster_of(torch.arange(7)).tolist()
+    assert targets == [0, -1, 1, 0, -1, 1, 2]  # classes 3, 7, 9 -> clusters 0, 1, 2

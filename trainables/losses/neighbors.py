@@ -107,3 +107,17 @@ def neighbor_clustering_loss(
         loss = loss + w_neg * l_neg
         logs["loss/neg"] = float(l_neg.detach())
     return loss, logs
+
+
+def supervised_term(anchor_logits: Tensor, target: Tensor) -> Tensor:
+    """GCD option of UNIC (spec section 9, ``w_sup``): cross-entropy of the labelled anchors
+    against their class's fixed cluster; rows with ``target < 0`` (unlabelled) are ignored.
+
+    Args: anchor_logits (B, C); target (B,) int64 cluster of the anchor's class, or -1.
+    Returns the mean over labelled rows (0 when the batch has none).
+    """
+    _check(anchor_logits, "anchor_logits")
+    labelled = target >= 0
+    if not bool(labelled.any()):
+        return anchor_logits.sum() * 0.0
+    return F.cross_entropy(anchor_logits[labelled].float(), target[labelled])

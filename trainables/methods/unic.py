@@ -30,7 +30,7 @@ from deepclust.neighbors import (
 )
 from trainables import loop
 from trainables.heads import ClusterHead, MultiHead
-from trainables.losses.neighbors import neighbor_clustering_loss, probs
+from trainables.losses.neighbors import neighbor_clustering_loss, probs, supervised_term
 from trainables.methods.base import ClusteringMethod, FitInputs
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ class UnicConfig:
     gcd_pos_labelled: str = "labels"  # labelled anchors: positives from labels | mined
     gcd_neg_source: str = "mined"  # mined | labels (other-label labelled rows) | both (50/50)
     gcd_label_constraints: bool = True  # labels veto mined positives/negatives that contradict
+    # weight of a CE on labelled anchors, Old class i (in sorted order) fixed to cluster i
+    w_sup: float = 0.0
 
 
 def resolve_scale(cfg: UnicConfig, n: int, num_clusters: int, kmax: int) -> UnicConfig:
@@ -163,6 +165,8 @@ class PairSampler:
             same, valid = self.labelled.positives(anchors, gen)
             positives, mask = torch.where(valid, same, positives), mask | valid
         out = {"anchor": anchors, "positive": positives, "pos_mask": mask}
+        if self.labelled is not None and self.cfg.w_sup:
+            out["anchor_target"] = self.labelled.cluster_of(anchors)
         if self.negatives is not None:
             neg = self.negatives.sample(anchors, self.cfg.n_neg, gen)
             if self.labelled is not None and self.cfg.gcd_neg_source != "mined":
@@ -194,6 +198,8 @@ class _CachedSteps:
             }
             if "negative" in ids:
                 out["negative"] = self.features[ids["negative"].flatten()]
+            if "anchor_target" in ids:
+                out["anchor_target"] = ids["anchor_target"]
             yield out
 
     def training_step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
@@ -219,6 +225,10 @@ def unic_step(model: nn.Module, batch: dict[str, Tensor], cfg: UnicConfig) -> tu
         loss, logs = neighbor_clustering_loss(
             out[:b], out[b : 2 * b], neg, batch["pos_mask"], cfg.w_pos, cfg.w_neg, cfg.w_ent
         )
+        if "anchor_target" in batch:
+            l_sup = supervised_term(out[:b], batch["anchor_target"])
+            loss = loss + cfg.w_sup * l_sup
+            logs["loss/sup"] = float(l_sup.detach())
         total = total + loss
         for k, v in logs.items():
             sums[k] = sums.get(k, 0.0) + v / len(heads)

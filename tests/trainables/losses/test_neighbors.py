@@ -109,3 +109,22 @@ def test_degenerate_inputs_raise_clear_errors(bad):
 def test_negative_shape_is_checked():
     with pytest.raises(ValueError, match="negative_logits must be"):
         negative_loss(torch.zeros(2, 3), torch.zeros(2, 3))
+
+
+def test_supervised_term_naive_loop_and_ignores_unlabelled_rows():
+    from trainables.losses.neighbors import supervised_term
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0], [0.0, 3.0, 1.0]])
+    target = torch.tensor([0, -1, 2])
+    naive = 0.0
+    for row, t in zip(logits.tolist(), target.tolist(), strict=True):
+        if t >= 0:
+            naive += -(row[t] - math.log(sum(math.exp(v) for v in row)))
+    assert float(supervised_term(logits, target)) == pytest.approx(naive / 2, rel=1e-6)
+    perm = torch.tensor([2, 0, 1])  # relabel clusters and targets together: unchanged
+    inv = torch.argsort(perm)
+    moved = torch.where(target >= 0, inv[target.clamp(min=0)], target)
+    assert float(supervised_term(logits[:, perm], moved)) == pytest.approx(naive / 2, rel=1e-6)
+    assert float(supervised_term(logits, torch.full((3,), -1))) == 0.0
+    with pytest.raises(ValueError, match="C >= 2"):
+        supervised_term(torch.zeros(2, 1), torch.tensor([0, 0]))
