@@ -7,8 +7,11 @@ of unlabelled images and their Old/New status stay with the scorer (``gcd_scores
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -16,20 +19,49 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from deepclust.errors import UserError
 
-# spec 1.2: benchmarks whose Old classes are not "the first half of the class ids"
-OLD_CLASSES: dict[str, tuple[int, ...]] = {
-    "cifar100": tuple(range(80)),
-}
+SPLITS_FILE = Path(__file__).parent / "data" / "gcd_splits.json"
 
 
-def default_old_classes(benchmark: str, num_classes: int) -> tuple[int, ...]:
-    """The benchmark's Old (known) classes: spec 1.2 where listed (CIFAR-100: 0-79), else the
-    first floor(C / 2) class ids (CIFAR-10: 0-4, airplane ... deer; digits: 0-4)."""
-    if benchmark in OLD_CLASSES:
-        return OLD_CLASSES[benchmark]
+@functools.cache
+def published_splits() -> dict:
+    """The spec's Old-class lists (1.3-1.4), kept as plain data."""
+    return json.loads(SPLITS_FILE.read_text())
+
+
+def default_old_classes(
+    benchmark: str, num_classes: int, class_names: tuple[str, ...] = ()
+) -> tuple[int, ...]:
+    """The benchmark's Old (known) classes in its loader's label space.
+
+    Published splits (spec 1.2-1.4): CIFAR-100 0-79; CUB, Stanford Cars and FGVC-Aircraft from
+    the SSB lists (Aircraft's ranks of sorted variant names, remapped by name because
+    torchvision orders classes by ``variants.txt``); ImageNet-100 by wnid. Every other
+    benchmark: the first floor(C / 2) class ids (CIFAR-10: airplane ... deer; digits: 0-4).
+    """
     if num_classes < 2:
         raise UserError(f"GCD needs at least 2 classes, '{benchmark}' has {num_classes}")
-    return tuple(range(num_classes // 2))
+    entry = published_splits().get(benchmark)
+    if entry is None:
+        return tuple(range(num_classes // 2))
+    if entry["num_classes"] != num_classes:
+        raise UserError(
+            f"'{benchmark}' has {num_classes} classes but its GCD split lists "
+            f"{entry['num_classes']}; check the dataset under --data-root"
+        )
+    if "old" in entry:
+        return tuple(entry["old"])
+    if "old_sorted_name_ranks" in entry:
+        ranked = sorted(class_names)
+        wanted = {ranked[r] for r in entry["old_sorted_name_ranks"]}
+        return tuple(i for i, name in enumerate(class_names) if name in wanted)
+    wanted = set(entry["old_wnids"])
+    old = tuple(i for i, name in enumerate(class_names) if name in wanted)
+    if len(old) != len(wanted):
+        raise UserError(
+            f"'{benchmark}' is not the GCD ImageNet-100 subset ({len(old)} of its 50 Old "
+            "wnids present); list the seed-0 subset's 100 wnids in its subset file"
+        )
+    return old
 
 
 @dataclass(frozen=True)

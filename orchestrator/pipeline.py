@@ -317,7 +317,9 @@ def ensure_gcd_split(
 ) -> tuple[GcdSplit, Path, str]:
     """The benchmark's GCD split (spec gcd 1: Old classes, 50% of their images labelled, seed
     0), computed once per embedded train pool and stored beside the embeddings."""
-    old = default_old_classes(splits.spec.name, splits.fit.num_classes)
+    old = default_old_classes(
+        splits.spec.name, splits.fit.num_classes, tuple(splits.fit.class_names)
+    )
     key = stable_key(
         {
             "labels": fit_emb.meta["key"],

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from deepclust.errors import UserError
-from deepclust.gcd import default_old_classes, gcd_accuracy, gcd_scores, make_split, ss_kmeans
+from deepclust.gcd import (
+    default_old_classes,
+    gcd_accuracy,
+    gcd_scores,
+    make_split,
+    published_splits,
+    ss_kmeans,
+)
 
 OLD = (0, 1)
 # spec 3: id -> (y, p, v2, v1, v2b) with results as (All, Old, New)
@@ -122,3 +129,31 @@ def test_ss_kmeans_labelled_class_without_images_and_empty_cluster_stay_finite()
     assert np.isfinite(r.centroids).all() and r.labels_u.max() < 6
     with pytest.raises(UserError, match="K >= labelled classes"):
         ss_kmeans(xl, np.array([0, 1, 2, 3]), xu, 3)
+
+
+def test_published_splits_partition_their_classes():
+    data = published_splits()
+    sizes = {"cub": (100, 200), "scars": (98, 196), "cifar100": (80, 100)}
+    for name, (n_old, n_all) in sizes.items():
+        old = default_old_classes(name, n_all)
+        assert len(set(old)) == n_old and 0 <= min(old) and max(old) < n_all
+    assert len(set(data["imagenet100"]["old_wnids"])) == 50
+
+
+def test_aircraft_old_classes_are_remapped_by_name():
+    # torchvision orders variants by variants.txt; the SSB ranks refer to sorted names
+    names = tuple(f"v{i:03d}" for i in range(100))[::-1]  # a loader in reverse-sorted order
+    old = default_old_classes("aircraft", 100, names)
+    ranks = published_splits()["aircraft"]
+    want = {f"v{r:03d}" for r in ranks["old_sorted_name_ranks"]}
+    assert {names[i] for i in old} == want and len(old) == 50
+
+
+def test_imagenet100_needs_the_gcd_subset():
+    data = published_splits()
+    wnids = tuple(data["imagenet100"]["old_wnids"]) + tuple(f"n9{i:07d}" for i in range(50))
+    assert default_old_classes("imagenet100", 100, wnids) == tuple(range(50))
+    with pytest.raises(UserError, match="not the GCD ImageNet-100 subset"):
+        default_old_classes("imagenet100", 100, tuple(f"n8{i:07d}" for i in range(100)))
+    with pytest.raises(UserError, match="GCD split lists 200"):
+        default_old_classes("cub", 10)
