@@ -1,7 +1,8 @@
-"""Optuna define-by-run search spaces, one function per method (filled by the sweep issue).
+"""Optuna define-by-run search spaces, one function per method: ``SPACES.get(method)(trial,
+setting)`` returns the trial's config overrides (every suggested name is a config field).
 
-k-means has nothing worth searching with a label-free objective at fixed k, so its space is
-empty; see search_spaces/common.py for the shared helpers.
+k-means and SS-k-means have nothing worth searching with a label-free objective at fixed k,
+so their spaces are empty.
 """
 
 from search_spaces.common import SPACES

@@ -1,0 +1,45 @@
+"""Every search space suggests only real config fields, with values its config accepts."""
+
+import dataclasses
+
+import optuna
+import pytest
+
+from deepclust.config import from_dict
+from search_spaces import SPACES
+from trainables.methods import METHODS
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def test_every_method_has_a_space():
+    assert set(SPACES.names()) == set(METHODS.names())
+
+
+@pytest.mark.parametrize(
+    "name,setting",
+    [
+        (n, s)
+        for n in METHODS.names()
+        for s in ("clustering", "gcd")
+        if s in METHODS.get(n).settings
+    ],
+)
+def test_suggested_names_are_config_fields_and_validate(name, setting):
+    method_cls = METHODS.get(name)
+    fields = {f.name for f in dataclasses.fields(method_cls.Config)}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):  # enough random trials to visit every conditional branch
+        trial = study.ask()
+        overrides = SPACES.get(name)(trial, setting)
+        assert set(trial.params) <= fields, set(trial.params) - fields
+        assert {k: overrides[k] for k in trial.params} == trial.params  # params = overrides
+        from_dict(method_cls.Config, overrides)  # strict: names and types
+        study.tell(trial, 0.0)
+        seen |= set(trial.params)
+    if name == "unic":  # every conditional branch was visited
+        assert {"min_shared_frac", "spread_drop_frac", "neg_min_rank_frac", "w_neg"} <= seen
+        assert ("gcd_neg_source" in seen) == (setting == "gcd")
+        clean = [t.params for t in study.trials if "clean_m" in t.params]
+        assert all(p["clean_m"] in (p["pos_k"], min(2 * p["pos_k"], 50)) for p in clean)
