@@ -272,6 +272,8 @@ def ss_kmeans(
         xu = xu / np.maximum(np.linalg.norm(xu, axis=1, keepdims=True), 1e-12)
     classes = np.unique(yl)
     m = len(classes)
+    if m == 0:
+        raise UserError("ss-k-means needs labelled images; use plain k-means without labels")
     if not m <= k or len(xu) < k - m:
         raise UserError(
             f"ss-k-means needs K >= labelled classes ({m}) and >= K - {m} unlabelled rows; "

@@ -232,7 +232,9 @@ class NegativeSampler:
         ok &= ~_member(self.pos_lists[anchors], cand)
         if self.labels is not None:
             la = self.labels[anchors][:, None]
-            ok &= ~((la >= 0) & (self.labels[cand] == la))
+            same = (la >= 0) & (self.labels[cand] == la)
+            ok &= ~same
+            cos = cos.masked_fill(same, float("inf"))  # the fallback avoids them too
         if self.exclude_shared:
             lists_j = self.m_lists[cand]  # (B, K, m)
             lists_i = self.m_lists[anchors][:, None, :].expand_as(lists_j).contiguous()
@@ -298,6 +300,12 @@ class LabelledPool:
         valid = (lab >= 0) & (count >= 2)
         ids = self.rows[(start + r).clamp(max=max(0, len(self.rows) - 1))]
         return torch.where(valid, ids, anchors), valid
+
+    def same_label_count(self, anchors: torch.Tensor) -> torch.Tensor:
+        """(B,) how many other labelled rows share each anchor's label (0 if unlabelled)."""
+        lab = self.labels[anchors]
+        n = self.count_of[lab.clamp(min=0)] - 1
+        return torch.where(lab >= 0, n, torch.zeros_like(n))
 
     def negatives(
         self, anchors: torch.Tensor, n_neg: int, gen: torch.Generator

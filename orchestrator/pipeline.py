@@ -101,7 +101,7 @@ def _job(
 ) -> dict[str, Any]:
     """The plain dict a Ray Train worker rebuilds the method and its inputs from."""
     return {
-        "gcd_split": str(gcd_file) if gcd_file else None,  # read only by gcd_labels methods
+        "gcd_split": str(gcd_file) if gcd_file else None,  # labels only for gcd_labels methods
         "method": run.method,
         "method_config": run.config,
         "seed": run.seed,
@@ -111,8 +111,8 @@ def _job(
         "neighbors": nbr_meta.get("path"),
         "dataset": _absolute(splits.spec.name),
         "data_root": str(settings.data_root.resolve()),
-        "fit_split": splits.spec.fit_split,
-        "eval_split": splits.spec.eval_split,
+        "fit_split": splits.fit.split,
+        "eval_split": splits.eval.split,  # GCD: the fit pool (the protocol is transductive)
         "subset": run.subset,
         "backbone": settings.backbone,
         "backbone_weights": settings.weights_file,
@@ -198,7 +198,9 @@ def run_method(
             "workers": run.workers,
         }
     )
-    config_hash = stable_key(config_dict)[:8]
+    # a staged method's parent overrides are part of its identity (run dir, leaderboard row)
+    identity = {"config": config_dict, "parent_config": run.parent_config}
+    config_hash = stable_key(identity if run.parent_config else config_dict)[:8]
     run_dir = store.run_dir(
         splits.fit.name, settings.backbone, _variant(run.method, config_hash, gcd), run.seed
     )
@@ -225,7 +227,7 @@ def run_method(
             nbr_meta,
             settings,
             run_dir.with_name(run_dir.name + ".work"),
-            gcd[1] if gcd and method_cls.gcd_labels else None,
+            gcd[1] if gcd else None,
         )
         # Ray caps a 1-CPU worker at one thread; trials run one at a time here, so on CPU each
         # worker may use its share of the node (as the embedding actors do)
@@ -248,7 +250,7 @@ def run_method(
                 neighbors=neighbors[0] if "neighbors" in method_cls.needs else None,
                 labels=fit_emb.labels if method_cls.uses_labels else None,
                 init_state=inputs.load_state(str(init_state) if init_state else None),
-                **(_labelled(gcd[0]) if gcd and method_cls.gcd_labels else {}),
+                **(_gcd_inputs(gcd[0], method_cls.gcd_labels) if gcd else {}),
             )
         )  # leak guard
         predictions = method.predict(eval_emb.features)
@@ -273,6 +275,7 @@ def run_method(
         "method": run.method,
         "seed": run.seed,
         "config": config_dict,
+        **({"parent_config": run.parent_config} if run.parent_config else {}),
         "config_hash": config_hash,
         "objective": method_cls.objective,
         "objective_value": diagnostics.get(method_cls.objective),
@@ -307,9 +310,13 @@ def _variant(method: str, config_hash: str, gcd) -> str:
     return f"{method}-gcd-{config_hash}" if gcd else f"{method}-{config_hash}"
 
 
-def _labelled(split: GcdSplit) -> dict[str, np.ndarray]:
-    """What a GCD method may see (spec gcd 2): labelled rows and their labels, nothing else."""
-    return {"labelled_idx": split.labelled_idx, "labelled_y": split.labelled_y}
+def _gcd_inputs(split: GcdSplit, gcd_labels: bool) -> dict[str, np.ndarray]:
+    """What a GCD method may see (spec gcd 2): the unlabelled row ids, and for ``gcd_labels``
+    methods the labelled rows and their labels; never another label."""
+    out = {"unlabelled_idx": split.unlabelled_idx}
+    if gcd_labels:
+        out.update(labelled_idx=split.labelled_idx, labelled_y=split.labelled_y)
+    return out
 
 
 def ensure_gcd_split(

@@ -40,9 +40,11 @@ def build(job: dict[str, Any]) -> tuple[ClusteringMethod, FitInputs]:
         nbr = ArtifactStore.read_neighbors(Path(job["neighbors"]))[0]
     finetune = bool(getattr(method.config, "finetune", False))
     labelled = {}
-    if job.get("gcd_split") and method_cls.gcd_labels:  # GCD: the labelled rows only
+    if job.get("gcd_split"):  # GCD: scored rows for all; labelled rows for gcd_labels methods
         with np.load(job["gcd_split"]) as split:
-            labelled = {"labelled_idx": split["labelled_idx"], "labelled_y": split["labelled_y"]}
+            labelled = {"unlabelled_idx": split["unlabelled_idx"]}
+            if method_cls.gcd_labels:
+                labelled.update(labelled_idx=split["labelled_idx"], labelled_y=split["labelled_y"])
     inputs = FitInputs(
         embeddings=fit.features,
         num_clusters=int(job["num_clusters"]),

@@ -164,3 +164,17 @@ def test_gcd_end_to_end_through_ray_train(tiny_parquet, tmp_path):
     assert result["n_eval"] == 24 - 6  # half of the 12 Old-class images are labelled
     assert 0 <= result["acc_old"] <= 1 and 0 <= result["acc_new"] <= 1
     assert "| gcd | parquet:" in proc.stdout
+
+
+def test_gcd_jobs_predict_the_pool_even_for_benchmarks_with_a_test_split(tmp_path):
+    """A finetune-mode GCD run predicts images of the train pool, not the test split."""
+    from orchestrator.pipeline import _job
+
+    spec = resolve_dataset("cifar10")  # fit split train, eval split test
+    splits, emb = _digits_pool()
+    gcd_splits = BenchmarkSplits(spec, splits.fit, splits.fit)
+    emb = Embeddings(emb.features, emb.labels, {"key": "e", "path": "p"})
+    job = _job(
+        MethodRun("unic", 0), None, gcd_splits, emb, emb, {}, _settings(tmp_path), tmp_path, None
+    )
+    assert job["eval_split"] == job["fit_split"] == splits.fit.split

@@ -70,7 +70,11 @@ def test_unic_gcd_beats_semi_supervised_kmeans_on_digits_embeddings(digits):
 
     feats, labels, nbr, _ = digits
     split = make_split(labels, (0, 1, 2, 3, 4))
-    seen = {"labelled_idx": split.labelled_idx, "labelled_y": split.labelled_y}
+    seen = {
+        "labelled_idx": split.labelled_idx,
+        "labelled_y": split.labelled_y,
+        "unlabelled_idx": split.unlabelled_idx,
+    }
     scores = {}
     for name, overrides in [("sskmeans", {}), ("unic", {"num_heads": 5, "min_steps": 4000})]:
         method_cls = METHODS.get(name)

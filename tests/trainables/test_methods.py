@@ -33,8 +33,10 @@ def inputs_for(method_cls, x, y, seed=0, split=None):
         parent.fit(inputs_for(parent_cls, x, y, seed, split))
         init_state = parent.export_state()
     labelled = {}
-    if split is not None and method_cls.gcd_labels:
-        labelled = {"labelled_idx": split.labelled_idx, "labelled_y": y[split.labelled_idx]}
+    if split is not None:  # as orchestrator.pipeline._gcd_inputs
+        labelled = {"unlabelled_idx": split.unlabelled_idx}
+        if method_cls.gcd_labels:
+            labelled.update(labelled_idx=split.labelled_idx, labelled_y=y[split.labelled_idx])
     return FitInputs(
         embeddings=x,
         num_clusters=int(y.max()) + 1,

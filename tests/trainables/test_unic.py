@@ -107,3 +107,55 @@ def test_gcd_supervised_option_targets_the_fixed_cluster_of_each_labelled_class(
     pool = LabelledPool(labels)
     targets = pool.cluster_of(torch.arange(7)).tolist()
     assert targets == [0, -1, 1, 0, -1, 1, 2]  # classes 3, 7, 9 -> clusters 0, 1, 2
+
+
+@pytest.mark.parametrize(
+    "source,want4,want0",
+    [("labels", {5}, {1}), ("labels+mined", {5, 6}, {1, 2, 3}), ("mined", {5, 6}, {1, 2, 3})],
+)
+def test_gcd_positive_sources_on_the_spec_graph(source, want4, want0):
+    """Spec 12 case 10: labelled {0: A, 1: A, 4: B, 5: B}; anchor 4 gets {5} from labels and
+    {5} u [5, 6] with labels+mined; unlabelled anchor 3 keeps its cleaned mined list [2, 0]."""
+    import torch
+
+    from deepclust.neighbors import LabelledPool, label_veto
+
+    nbr = np.array(
+        [[1, 2, 3], [0, 2, 3], [0, 1, 3], [2, 4, 0], [5, 6, 3], [4, 6, 7], [5, 7, 4], [6, 5, 4]]
+    )
+    labels = np.array([0, 0, -1, -1, 1, 1, -1, -1])
+    cfg = UnicConfig(pos_k=3, gcd_pos_labelled=source)
+    table = clean_positives(
+        nbr, 3, "pair_overlap", m=3, min_shared_frac=1 / 3, veto=label_veto(nbr, labels)
+    )
+    sampler = PairSampler(cfg, table, nbr, None, LabelledPool(labels))
+    batch = sampler.sample(20_000, torch.Generator().manual_seed(0))
+    a, p, m = batch["anchor"], batch["positive"], batch["pos_mask"]
+
+    def positives(i):
+        return set(p[(a == i) & m].tolist())
+
+    assert positives(4) == want4 and positives(0) == want0
+    assert positives(3) == {2, 0}
+
+
+def test_gcd_supervised_term_enters_the_step_loss():
+    import torch
+
+    from trainables.heads import ClusterHead
+    from trainables.methods.unic import unic_step
+
+    torch.manual_seed(0)
+    head = ClusterHead(4, 3)
+    batch = {
+        "anchor": torch.randn(6, 4),
+        "positive": torch.randn(6, 4),
+        "pos_mask": torch.ones(6, dtype=torch.bool),
+        "anchor_target": torch.tensor([0, -1, 2, -1, 1, 0]),
+    }
+    plain, logs0 = unic_step(
+        head, {k: v for k, v in batch.items() if k != "anchor_target"}, UnicConfig()
+    )
+    with_sup, logs = unic_step(head, batch, UnicConfig(w_sup=2.0))
+    assert "loss/sup" in logs and "loss/sup" not in logs0
+    assert float(with_sup) == pytest.approx(float(plain) + 2.0 * logs["loss/sup"], rel=1e-5)

@@ -30,6 +30,8 @@ class FitInputs:
             method such as SCAN's self-labelling), else None.
         labelled_idx, labelled_y: GCD only, and only for methods with ``gcd_labels``: the
             labelled rows and their (Old-class) labels; nothing about any other row.
+        unlabelled_idx: GCD only: the rows that will be scored (visible to every method, spec
+            gcd 2; k-means fits on them as in the GCD scripts).
     """
 
     embeddings: np.ndarray
@@ -43,6 +45,7 @@ class FitInputs:
     init_state: dict[str, Any] | None = None
     labelled_idx: np.ndarray | None = None
     labelled_y: np.ndarray | None = None
+    unlabelled_idx: np.ndarray | None = None
 
 
 class ClusteringMethod(abc.ABC):

@@ -25,12 +25,15 @@ class KMeans(ClusteringMethod):
     objective = "inertia"  # within-cluster sum of squares on the fit split; lower is better
 
     def fit(self, inputs: FitInputs, hooks: object = None) -> dict[str, float]:
+        rows = inputs.embeddings
+        if inputs.unlabelled_idx is not None:  # GCD: fit on the unlabelled pool (spec gcd 4)
+            rows = rows[inputs.unlabelled_idx]
         self._model = _SkKMeans(
             n_clusters=inputs.num_clusters,
             n_init=self.config.n_init,
             max_iter=self.config.max_iter,
             random_state=inputs.seed,
-        ).fit(inputs.embeddings)
+        ).fit(rows)
         return {"inertia": float(self._model.inertia_)}
 
     def predict(self, embeddings: np.ndarray) -> np.ndarray:

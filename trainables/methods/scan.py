@@ -142,5 +142,10 @@ class Scan(ClusteringMethod):
         return self.predict_proba(embeddings).argmax(1).numpy().astype(np.int64)
 
     def export_state(self) -> dict:
-        """The selected head, for the self-labelling stage."""
-        return {"head": self.model.state_dict(), "kind": self.config.head}
+        """The selected head, for the self-labelling stage (which starts from the pretrained
+        backbone's embeddings, so a finetuned head is flagged)."""
+        return {
+            "head": self.model.state_dict(),
+            "kind": self.config.head,
+            "finetuned": self.finetuned is not None,
+        }

@@ -82,6 +82,11 @@ class ScanSelfLabel(ClusteringMethod):
             raise UserError(
                 "scan_selflabel starts from a SCAN run; run it with --methods scan first"
             )
+        if inputs.init_state.get("finetuned"):
+            raise UserError(
+                "scan_selflabel starts from a cached-mode SCAN head; drop scan.finetune "
+                "(finetune the self-label stage itself with --finetune)"
+            )
         if not 0.0 <= cfg.strong_dropout < 1.0:
             raise UserError(f"strong_dropout must be in [0, 1), got {cfg.strong_dropout}")
         torch.manual_seed(inputs.seed)

@@ -81,7 +81,10 @@ class UnicConfig:
     augment: str = "simgcd"
     init_head_from_cached: bool = True
     # --- GCD (spec section 9; used only when labelled images are given) ---
-    gcd_pos_labelled: str = "labels"  # labelled anchors: positives from labels | mined
+    # labelled anchors' positives: labels | labels+mined | mined.
+    # deviation: "labels+mined" draws uniformly from the concatenation of the two lists, so a
+    # row in both counts twice (the spec's union); it keeps the draw O(1) per anchor.
+    gcd_pos_labelled: str = "labels"
     gcd_neg_source: str = "mined"  # mined | labels (other-label labelled rows) | both (50/50)
     gcd_label_constraints: bool = True  # labels veto mined positives/negatives that contradict
     # weight of a CE on labelled anchors, Old class i (in sorted order) fixed to cluster i
@@ -161,8 +164,13 @@ class PairSampler:
         else:  # skip (masked) or self (an anchor/self pair, unmasked)
             positives = torch.where(mask, positives, anchors)
             mask = mask | (self.cfg.empty_policy == "self")
-        if self.labelled is not None and self.cfg.gcd_pos_labelled == "labels":
+        if self.labelled is not None and self.cfg.gcd_pos_labelled != "mined":
             same, valid = self.labelled.positives(anchors, gen)
+            if self.cfg.gcd_pos_labelled == "labels+mined":
+                n_lab = self.labelled.same_label_count(anchors).float()
+                n_mined = count.float()  # cleaned mined positives of the anchor
+                pick = torch.rand(len(anchors), generator=gen) * (n_lab + n_mined) < n_lab
+                valid = valid & pick
             positives, mask = torch.where(valid, same, positives), mask | valid
         out = {"anchor": anchors, "positive": positives, "pos_mask": mask}
         if self.labelled is not None and self.cfg.w_sup:
