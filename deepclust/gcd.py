@@ -18,6 +18,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from deepclust.errors import UserError
+from deepclust.metrics import hungarian_acc
 
 SPLITS_FILE = Path(__file__).parent / "data" / "gcd_splits.json"
 
@@ -233,7 +234,7 @@ def gcd_scores(predictions: np.ndarray, labels: np.ndarray, split: GcdSplit) -> 
         "ari": float(adjusted_rand_score(y, p)),
     }
     if len(split.val_idx):
-        out["val_acc"] = _matched_accuracy(labels[split.val_idx], predictions[split.val_idx])[0]
+        out["val_acc"] = hungarian_acc(labels[split.val_idx], predictions[split.val_idx])
     return out
 
 

@@ -20,6 +20,7 @@ from orchestrator.pipeline import (
     ensure_gcd_split,
     run_method,
 )
+from tests.orchestrator.test_train_cli import train_cmd
 from trainables.methods import METHODS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,23 +140,9 @@ def test_sskmeans_needs_the_gcd_setting_on_the_command_line(tmp_path):
 @pytest.mark.ray
 def test_gcd_end_to_end_through_ray_train(tiny_parquet, tmp_path):
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "orchestrator.train",
-        "--method",
-        "unic",
-        "--benchmark",
-        f"parquet:{tiny_parquet}",
-        "--setting",
-        "gcd",
-        "--set",
-        "min_steps=50",
-        "--set",
-        "num_heads=2",
-        "--output",
-        str(out),
-    ]
+    cmd = train_cmd(
+        tiny_parquet, out, "--setting", "gcd", "--set", "min_steps=50", "--set", "num_heads=2"
+    )
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = list(out.glob("runs/**/metrics.json"))
