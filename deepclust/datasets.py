@@ -78,6 +78,11 @@ class ImageSet:
             return self.encoded[idx].as_py()
         return self.paths[idx]
 
+    @property
+    def loaded_split(self) -> str:
+        """The split name the dataset loader knows (``subset`` appends ``[:n]`` to ``split``)."""
+        return self.split.partition("[")[0]
+
     def subset(self, n: int) -> ImageSet:
         """The first ``n`` images (datasets are stored shuffled or are sliced per class by
         callers that need balance); a distinct fingerprint keeps caches apart."""

@@ -111,8 +111,9 @@ def _job(
         "neighbors": nbr_meta.get("path"),
         "dataset": _absolute(splits.spec.name),
         "data_root": str(settings.data_root.resolve()),
-        "fit_split": splits.fit.split,
-        "eval_split": splits.eval.split,  # GCD: the fit pool (the protocol is transductive)
+        # loader split names; workers re-apply "subset" (an ImageSet.subset split is "all[:16]")
+        "fit_split": splits.fit.loaded_split,
+        "eval_split": splits.eval.loaded_split,  # GCD: the fit pool (the protocol is transductive)
         "subset": run.subset,
         "backbone": settings.backbone,
         "backbone_weights": settings.weights_file,

@@ -70,6 +70,11 @@ def test_parquet_dataset(tiny_parquet):
     batch = next(ds.batches(10))
     assert batch["encoded"].shape == (10,) and isinstance(batch["encoded"][0], bytes)
     assert ds.describe(3).endswith("row 3")
+    head = ds.subset(10)  # a smoke-run subset reloads by its loader split, then re-slices
+    assert (len(head), head.split, head.loaded_split) == (10, "all[:10]", "all")
+    assert list(spec.load(head.loaded_split, Path("."), False).subset(10).labels) == list(
+        head.labels
+    )
 
 
 def test_parquet_with_train_test_files_uses_both_splits(tiny_parquet):

@@ -1,6 +1,7 @@
 """``python -m orchestrator.train``: a cached-mode UNIC run, and DDP finetuning that survives a
 kill (2 gloo workers on CPU, resumed from the last epoch's checkpoint)."""
 
+import contextlib
 import json
 import os
 import signal
@@ -106,14 +107,11 @@ def test_ddp_finetune_resumes_after_the_process_is_killed(tiny_parquet, tmp_path
         "--set",
         "ft_batch_size=8",
     )
-    first = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=_env(),
-        start_new_session=True,
-    )
+    log = tmp_path / "first.log"
+    with log.open("wb") as sink:
+        first = subprocess.Popen(
+            cmd, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, env=_env(), start_new_session=True
+        )
     deadline = time.time() + 480
 
     def registered() -> bool:  # Train V2 restores what its snapshot lists, not bare folders
@@ -124,11 +122,15 @@ def test_ddp_finetune_resumes_after_the_process_is_killed(tiny_parquet, tmp_path
 
     try:
         while not registered() and time.time() < deadline:
-            assert first.poll() is None, "the run ended before its first checkpoint"
+            if first.poll() is not None:
+                pytest.fail(
+                    f"the run ended before its first checkpoint:\n{log.read_text()[-3000:]}"
+                )
             time.sleep(0.5)
         assert registered(), "no checkpoint within the time limit"
     finally:
-        os.killpg(first.pid, signal.SIGKILL)  # the driver and every Ray process it started
+        with contextlib.suppress(ProcessLookupError):  # already gone when the run failed
+            os.killpg(first.pid, signal.SIGKILL)  # the driver and every Ray process it started
         first.wait()
     assert not list(out.glob("runs/**/metrics.json"))
     second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=_env())
