@@ -1,9 +1,16 @@
-"""Leaderboard: every ``runs/**/metrics.json`` -> one table (Markdown, CSV, JSON).
+"""Leaderboard: every ``runs/**/metrics.json`` (+ ``tune/*/search.json``) -> one table
+(Markdown, CSV, JSON) and PNG plots.
 
 Rows are (setting, benchmark, backbone, method, config) with metrics averaged over seeds (mean
-and std), the label-free objective that selected the config, and the neighbour precision of the
-mined kNN graph as a diagnostic. GCD rows report All accuracy (v2, on the unlabelled pool) as
-ACC, plus Old / New.
+and std), the objective that selected the config (a search's metric, ``ORACLE ...`` when test
+labels ranked the trials; else the method's own label-free criterion), the search's trial
+count, compute time (search + every seed's run) and the neighbour precision of the mined kNN
+graph as a diagnostic. GCD rows report All accuracy (v2, on the unlabelled pool) as ACC, plus
+Old / New.
+
+Rebuild everything from the run directories::
+
+    python -m orchestrator.leaderboard results
 """
 
 from __future__ import annotations
@@ -20,6 +27,18 @@ from deepclust.artifacts import ArtifactStore
 METRICS = ("acc", "nmi", "ari")
 GCD_METRICS = ("acc_old", "acc_new")  # GCD rows: acc is All accuracy (v2) on the unlabelled pool
 GROUP = ("setting", "benchmark", "backbone", "method", "config_hash")
+SEARCH_FILE = "search.json"  # written by orchestrator.search when a search's seeds are done
+
+
+def collect_records(store: ArtifactStore) -> list[dict[str, Any]]:
+    """Every finished search under the store (tune/<experiment>/search.json)."""
+    out = []
+    for path in sorted((store.root / "tune").glob(f"*/{SEARCH_FILE}")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue  # a record being replaced right now: the next rebuild reads it
+    return out
 
 
 def collect_runs(store: ArtifactStore) -> list[dict[str, Any]]:
@@ -31,12 +50,16 @@ def collect_runs(store: ArtifactStore) -> list[dict[str, Any]]:
     return runs
 
 
-def build_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per (benchmark, backbone, method, config): mean/std over seeds."""
+def build_table(
+    runs: list[dict[str, Any]], searches: list[dict[str, Any]] | None = None
+) -> pd.DataFrame:
+    """One row per (setting, benchmark, backbone, method, config): mean/std over seeds,
+    joined with the search that chose the config (``searches``: search.json records)."""
     if not runs:
-        return pd.DataFrame(columns=[*GROUP, "seeds", *METRICS])
+        return pd.DataFrame(columns=[*GROUP, "seeds", *METRICS, "trials", "selected_by"])
     df = pd.DataFrame(runs)
     df["setting"] = df["setting"].fillna("clustering") if "setting" in df else "clustering"
+    searched = {tuple(r.get(k) for k in GROUP): r for r in searches or []}
     rows = []
     for keys, group in df.groupby(list(GROUP), sort=True):
         row: dict[str, Any] = dict(zip(GROUP, keys, strict=True))
@@ -59,6 +82,13 @@ def build_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
         row["seconds"] = float(total.fillna(own).mean())
         row["objective"] = group["objective"].iloc[0]
         row["n_eval"] = int(group["n_eval"].iloc[0])
+        found = searched.get(tuple(row[k] for k in GROUP))
+        row["trials"] = int(found["trials"]) if found else 0
+        row["selected_by"] = found["selected_by"] if found else row["objective"]
+        row["oracle"] = bool(found and found.get("oracle"))
+        row["compute_s"] = float(total.fillna(own).sum()) + (
+            float(found["search_seconds"]) if found else 0.0
+        )
         rows.append(row)
     table = pd.DataFrame(rows)
     return table.sort_values(
@@ -78,8 +108,10 @@ def to_markdown(table: pd.DataFrame) -> str:
         "ARI",
         "GCD Old / New",
         "kNN prec@20",
-        "s/run",
-        "objective",
+        "trials",
+        "compute s",
+        "selected by",
+        "config",
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in table.iterrows():
@@ -104,25 +136,63 @@ def to_markdown(table: pd.DataFrame) -> str:
             fmt("ari"),
             old_new,
             "-" if pd.isna(prec) else f"{100 * prec:.2f}",
-            "-" if pd.isna(r["seconds"]) else f"{r['seconds']:.0f}",
-            r["objective"],
+            str(r["trials"]) if r["trials"] else "-",
+            "-" if pd.isna(r["seconds"]) else f"{r['compute_s']:.0f}",
+            r["selected_by"],
+            r["config_hash"],
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_leaderboard(store: ArtifactStore) -> tuple[pd.DataFrame, str]:
-    """Rebuild the leaderboard files from all runs under the store; return (table, markdown)."""
-    table = build_table(collect_runs(store))
+    """Rebuild the leaderboard files and plots from all runs and searches under the store;
+    return (table, markdown)."""
+    from orchestrator.plots import write_plots
+
+    runs = collect_runs(store)
+    table = build_table(runs, collect_records(store))
     markdown = to_markdown(table)
+    if "oracle" in table and table["oracle"].any():
+        markdown += "\nORACLE rows ranked their trials by test labels: upper bounds, not results.\n"
     store.root.mkdir(parents=True, exist_ok=True)
     store.leaderboard_path("md").write_text(markdown)
     table.to_csv(store.leaderboard_path("csv"), index=False)
     store.leaderboard_path("json").write_text(
         json.dumps(table.to_dict(orient="records"), indent=2, default=str)
     )
+    write_plots(store, table, runs)
     return table, markdown
 
 
 def leaderboard_files(store: ArtifactStore) -> list[Path]:
-    return [store.leaderboard_path(s) for s in ("md", "csv", "json")]
+    from orchestrator.plots import plot_paths
+
+    return [store.leaderboard_path(s) for s in ("md", "csv", "json")] + [
+        p for p in plot_paths(store) if p.is_file()
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.leaderboard",
+        description="Rebuild the leaderboard (Markdown, CSV, JSON, PNG) from a sweep's runs.",
+    )
+    p.add_argument("dir", help="a sweep's --output folder (holds runs/ and tune/)")
+    args = p.parse_args(argv)
+    root = Path(args.dir)
+    if not (root / "runs").is_dir():
+        print(f"error: {root} holds no runs/ folder; pass a sweep's --output", file=sys.stderr)
+        return 2
+    store = ArtifactStore(root.resolve())
+    _, markdown = write_leaderboard(store)
+    print(markdown)
+    print(f"leaderboard: {', '.join(str(p) for p in leaderboard_files(store))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

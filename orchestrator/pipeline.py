@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,10 @@ class MethodRun:
     method: str
     seed: int
     config: dict[str, Any] = field(default_factory=dict)  # overrides, validated strictly
-    workers: int = 1  # Ray Train workers (DDP) for trainable methods
+    # Ray Train workers (DDP) for trainable methods; 0: train in this process (heads on
+    # cached embeddings on a machine without GPUs, where Train's per-run start-up would
+    # dominate; a finetune run always goes through Ray Train)
+    workers: int = 1
     subset: int | None = None  # first n images (finetune smoke runs)
     # a staged method's parent-stage overrides (default: the parent's default config)
     parent_config: dict[str, Any] = field(default_factory=dict)
@@ -215,7 +218,7 @@ def run_method(
         return previous
     t0 = time.perf_counter()
     state_file: Path | None = None
-    if method_cls.trainable:
+    if method_cls.trainable and (run.workers > 0 or config_dict.get("finetune")):
         from trainables import ray_train
 
         resources = ray_session.resources()
@@ -232,10 +235,11 @@ def run_method(
         )
         # Ray caps a 1-CPU worker at one thread; trials run one at a time here, so on CPU each
         # worker may use its share of the node (as the embedding actors do)
-        job["cpu_threads"] = 0 if resources.gpus else max(1, resources.cpus // run.workers)
+        workers = max(1, run.workers)
+        job["cpu_threads"] = 0 if resources.gpus else max(1, resources.cpus // workers)
         predictions, diagnostics = ray_train.train(
             job,
-            run.workers,
+            workers,
             resources.gpus > 0,
             store.root / "ray",
             name=f"{run.method}-{splits.fit.split}-seed{run.seed}-{key[:10]}",
@@ -260,6 +264,7 @@ def run_method(
             import torch
 
             state_file = run_dir.with_name(run_dir.name + ".state.pt")
+            state_file.parent.mkdir(parents=True, exist_ok=True)
             torch.save(state, state_file)
     if gcd:
         metrics = gcd_scores(predictions, eval_emb.labels, gcd[0])
@@ -389,8 +394,15 @@ def run_benchmark(
     store: ArtifactStore,
     ray_session: RaySession,
     runs: list[MethodRun] | None = None,
+    search=None,
+    failures: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Embed, mine and run every requested method x seed (or ``runs``) on one benchmark.
+
+    ``search`` (orchestrator.search.SearchOptions): first search each method's
+    hyperparameters with Ray Tune, then run the best configuration with every seed. A method
+    whose trials all fail is logged with its reason (and appended to ``failures``); the sweep
+    goes on with the next method.
 
     GCD: the fit split is the whole pool (the protocol is transductive; the eval split is
     not used) and every run is scored on its unlabelled rows.
@@ -401,8 +413,100 @@ def run_benchmark(
     fit_emb, eval_emb, neighbors = prepare_artifacts(splits, settings, store, ray_session)
     if settings.setting == "gcd":
         gcd = ensure_gcd_split(splits, fit_emb, settings, store)
+    args = (splits, fit_emb, eval_emb, neighbors, settings, store, ray_session)
+    if search is not None and runs is None:
+        from orchestrator.search import SearchFailed
+
+        chosen: dict[str, dict[str, Any]] = {}
+        results = []
+        for method in settings.methods:
+            try:
+                results += _search_and_run(method, *args, gcd, search, chosen)
+            except SearchFailed as exc:
+                log.error("%s on %s: %s", method, splits.spec.name, exc)
+                if failures is not None:
+                    failures.append(f"{method} on {splits.spec.name}: {exc}")
+        return results
     runs = runs or [MethodRun(m, seed) for m in settings.methods for seed in settings.seeds]
-    return [
-        run_method(r, splits, fit_emb, eval_emb, neighbors, settings, store, ray_session, gcd=gcd)
-        for r in runs
+    return [run_method(r, *args, gcd=gcd) for r in runs]
+
+
+SEARCH_VAL_FRAC = 0.2  # GCD search: held-out share of each Old class's labelled images
+
+
+def _search_and_run(
+    method: str,
+    splits: BenchmarkSplits,
+    fit_emb: Embeddings,
+    eval_emb: Embeddings,
+    neighbors: tuple[np.ndarray, dict],
+    settings: SweepSettings,
+    store: ArtifactStore,
+    ray_session: RaySession,
+    gcd: tuple[GcdSplit, Path, str] | None,
+    search,
+    chosen: dict[str, dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Search ``method`` (orchestrator/search.py), then run its best config with every seed.
+
+    A staged method starts from its parent's configuration chosen earlier in this sweep (or
+    the parent's config at the search fidelity). GCD trials are ranked on held-out labelled
+    images: when the headline split holds none out, the search uses a split that does.
+    """
+    from orchestrator.search import search_method, write_record
+    from search_spaces import fidelity_overrides, is_empty
+
+    method_cls = METHODS.get(method)
+    workers = 1 if ray_session.resources().gpus else 0
+    args = (splits, fit_emb, eval_emb, neighbors, settings, store, ray_session)
+    parent_cfg: dict[str, Any] = {}
+    if method_cls.starts_from:
+        parent_cfg = chosen.get(method_cls.starts_from) or fidelity_overrides(
+            method_cls.starts_from, search.fidelity
+        )
+    searching = search.budget > 0 and not is_empty(method)
+    search_gcd = gcd
+    if searching and gcd and not search.oracle and not len(gcd[0].val_idx):
+        search_gcd = ensure_gcd_split(
+            splits, fit_emb, replace(settings, gcd_val_frac=SEARCH_VAL_FRAC), store
+        )
+    parent, init_state = None, None
+    if searching and method_cls.starts_from:  # the trials start from the parent's state
+        parent_run = MethodRun(method_cls.starts_from, search.seed, parent_cfg, workers)
+        parent = run_method(parent_run, *args, require_state=True, gcd=search_gcd)
+        init_state = Path(parent["run_dir"]) / inputs.STATE_FILE
+    exp_root = store.root / "tune"
+    job = _job(
+        MethodRun(method, search.seed, {}, 1),
+        init_state,
+        splits,
+        fit_emb,
+        eval_emb,
+        neighbors[1],
+        settings,
+        exp_root / "work",
+        search_gcd[1] if search_gcd else None,
+    )
+    identity = {
+        "benchmark": splits.spec.name,
+        "backbone": settings.backbone,
+        "fit": fit_emb.meta["key"],
+        "eval": eval_emb.meta["key"],
+        "neighbors": neighbors[1]["key"],
+        "gcd": search_gcd[2] if search_gcd else None,
+        "parent": parent["key"] if parent else None,
+    }
+    kmax = int(neighbors[0].shape[1])
+    outcome, key = search_method(
+        method, job, identity, store, ray_session, settings.setting, search, kmax
+    )
+    chosen[method] = outcome.config
+    results = [
+        run_method(
+            MethodRun(method, seed, outcome.config, workers, None, parent_cfg), *args, gcd=gcd
+        )
+        for seed in settings.seeds
     ]
+    if key is not None:
+        write_record(outcome, key, results[0])
+    return results

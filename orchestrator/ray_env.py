@@ -28,7 +28,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> Cluster
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         kwargs = {"num_cpus": num_cpus} if address is None and num_cpus else {}
-        ray.init(address=address, logging_level=logging.WARNING, **kwargs)
+        context = ray.init(address=address, logging_level=logging.WARNING, **kwargs)
+        url = getattr(context, "dashboard_url", None)
+        if url:  # on a cluster: `ray dashboard cluster.yaml` forwards it to this machine
+            log.info("ray dashboard: http://%s", url.removeprefix("http://"))
     res = ray.cluster_resources()
     out = ClusterResources(cpus=int(res.get("CPU", 1)), gpus=int(res.get("GPU", 0)))
     log.info("ray: %d CPUs, %d GPUs", out.cpus, out.gpus)

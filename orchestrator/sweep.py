@@ -1,10 +1,14 @@
-"""``python -m orchestrator.sweep``: run methods over benchmarks and print the leaderboard.
+"""``python -m orchestrator.sweep``: search every method's hyperparameters on every benchmark
+(Ray Tune + Optuna, label-free objectives), re-run each best configuration with 3 seeds, and
+print the leaderboard.
 
 Examples::
 
     python -m orchestrator.sweep --benchmark all          # every benchmark whose data exists
     python -m orchestrator.sweep --benchmark cifar10 --data-root ../shared/data
     python -m orchestrator.sweep --benchmark parquet:../shared/data/cifar10/test.parquet
+    python -m orchestrator.sweep --smoke-test             # 2 tiny trials per method, 1 seed
+    python -m orchestrator.sweep --resume                 # continue a killed sweep
 
 User mistakes (unknown names, missing data, bad k, unreadable images) print one ``error:``
 line and exit with status 2; everything already computed stays cached under ``--output``.
@@ -25,15 +29,18 @@ from deepclust.backbones import DEFAULT_BACKBONE, resolve_backbone
 from deepclust.datasets import DATASETS, DatasetUnavailable, resolve_dataset
 from deepclust.errors import UserError
 from deepclust.knn import BACKENDS
+from search_spaces import FIDELITIES
 from trainables.methods import METHODS
 
 log = logging.getLogger("orchestrator.sweep")
 
 
-# The main command's default: the baseline every method must beat and the product's method
-# (GCD: plus semi-supervised k-means, the GCD baseline).
+# --methods without a search (--budget 0) keeps the short default: the baseline every method
+# must beat and the product's method (GCD: plus semi-supervised k-means, the GCD baseline).
 DEFAULT_METHODS = ("kmeans", "unic")
 DEFAULT_GCD_METHODS = ("kmeans", "sskmeans", "unic")
+# A search's default budget: trials per method and fidelity, by whether the cluster has GPUs
+BUDGET_CPU, BUDGET_GPU = (4, "laptop"), (24, "full")
 
 
 def _csv(text: str) -> list[str]:
@@ -54,16 +61,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         default=None,
-        help=f"'all' or METHOD[,METHOD] of: {', '.join(METHODS.names())} (default: "
-        f"{','.join(DEFAULT_METHODS)}, which keeps the offline default run within 5 minutes "
-        f"on 2 cores; with --setting gcd: {','.join(DEFAULT_GCD_METHODS)}; 'all' adds every "
-        "baseline of the setting)",
+        help=f"'all' or METHOD[,METHOD] of: {', '.join(METHODS.names())} (default: all of the "
+        f"setting; with --budget 0: {','.join(DEFAULT_METHODS)}, with --setting gcd "
+        f"{','.join(DEFAULT_GCD_METHODS)})",
     )
-    add_common_arguments(p)
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help=f"Tune trials per method (default: {BUDGET_CPU[0]} on a cluster without GPUs, "
+        f"{BUDGET_GPU[0]} with); 0 runs each method's configuration without a search",
+    )
+    p.add_argument(
+        "--fidelity",
+        default=None,
+        choices=FIDELITIES,
+        help=f"how long each trial and final run trains (default: {BUDGET_CPU[1]} without GPUs, "
+        f"{BUDGET_GPU[1]} with; see search_spaces/budgets.py)",
+    )
+    p.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="a quick end-to-end check: 2 trials per method at smoke fidelity, seed 0",
+    )
+    p.add_argument(
+        "--oracle",
+        action="store_true",
+        help="rank trials by ground-truth test accuracy (an upper bound, not a result: every "
+        "output marks it ORACLE)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue interrupted searches (finished trials are kept, never re-run)",
+    )
+    p.add_argument(
+        "--trial-workers",
+        type=int,
+        default=0,
+        help="0 (default): each trial trains in its own Tune process; N: each trial trains "
+        "through Ray Train with N DDP workers (GPU clusters, finetuning)",
+    )
+    add_common_arguments(p, seeds="0,1,2")
     return p
 
 
-def add_common_arguments(p: argparse.ArgumentParser) -> None:
+def add_common_arguments(p: argparse.ArgumentParser, seeds: str = "0") -> None:
     """Flags shared by the sweep and the single-run entry point."""
     p.add_argument(
         "--data-root",
@@ -89,7 +132,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--output", default="results", help="artifacts, runs and leaderboard (default: ./results)"
     )
-    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    p.add_argument("--seeds", default=seeds, help=f"comma-separated seeds (default: {seeds})")
     p.add_argument(
         "--setting",
         default="clustering",
@@ -139,8 +182,11 @@ def _settings(args: argparse.Namespace, explicit_root: bool):
 
     setting = getattr(args, "setting", "clustering")
     in_setting = [n for n in METHODS.names() if setting in METHODS.get(n).settings]
-    requested = args.methods or ",".join(
-        DEFAULT_GCD_METHODS if setting == "gcd" else DEFAULT_METHODS
+    searching = getattr(args, "budget", 0) != 0 or getattr(args, "smoke_test", False)
+    requested = args.methods or (
+        "all"
+        if searching
+        else ",".join(DEFAULT_GCD_METHODS if setting == "gcd" else DEFAULT_METHODS)
     )
     methods = tuple(in_setting) if requested == "all" else tuple(_csv(requested))
     for m in methods:
@@ -199,7 +245,33 @@ def _select(benchmark: str, settings) -> tuple[list, list[tuple[str, str]]]:
     return chosen, skipped
 
 
+def _check_search_flags(args: argparse.Namespace) -> None:
+    if args.budget is not None and args.budget < 0:
+        raise UserError(f"--budget must be >= 0 trials, got {args.budget}")
+    if args.trial_workers < 0:
+        raise UserError(f"--trial-workers must be >= 0, got {args.trial_workers}")
+    if args.oracle and args.budget == 0:
+        raise UserError("--oracle ranks a search's trials; drop it or give --budget > 0")
+    if args.smoke_test:
+        args.seeds = _csv(args.seeds)[0] if _csv(args.seeds) else "0"
+
+
+def search_options(args: argparse.Namespace, ray_session, seed: int):
+    """The sweep's SearchOptions (None: --budget 0 without --fidelity, no search)."""
+    from orchestrator.search import SearchOptions
+
+    if args.budget == 0 and args.fidelity is None and not args.smoke_test:
+        return None
+    budget, fidelity = BUDGET_GPU if ray_session.resources().gpus else BUDGET_CPU
+    if args.smoke_test:
+        budget, fidelity = 2, "smoke"
+    budget = budget if args.budget is None else args.budget
+    fidelity = args.fidelity or fidelity
+    return SearchOptions(budget, fidelity, args.oracle, args.resume, args.trial_workers, seed=seed)
+
+
 def run(args: argparse.Namespace, explicit_root: bool) -> int:
+    _check_search_flags(args)
     settings = _settings(args, explicit_root)
     t0 = time.perf_counter()
     chosen, skipped = _select(args.benchmark, settings)
@@ -211,7 +283,18 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
         from orchestrator.ray_env import RaySession
 
         ray_session = RaySession(args.ray_address, args.num_cpus)
+        failed: list[str] = []
         try:
+            search = search_options(args, ray_session, settings.seeds[0])
+            if search is not None:
+                log.info(
+                    "search: %d trials per method at %s fidelity%s; TensorBoard: "
+                    "tensorboard --logdir %s",
+                    search.budget,
+                    search.fidelity,
+                    " (ORACLE: trials ranked by test labels)" if search.oracle else "",
+                    store.root / "tune",
+                )
             for splits in chosen:
                 log.info(
                     "benchmark %s: fit %s (%d), eval %s (%d)",
@@ -221,13 +304,17 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
                     splits.eval.split,
                     len(splits.eval),
                 )
-                run_benchmark(splits, settings, store, ray_session)
+                run_benchmark(splits, settings, store, ray_session, search=search, failures=failed)
         finally:
             ray_session.close()
     from orchestrator.leaderboard import leaderboard_files, write_leaderboard
 
     _, markdown = write_leaderboard(store)
     print("\n" + markdown)
+    if chosen and failed:
+        print("failed (every trial of the search failed; the rest of the sweep ran):")
+        for line in failed:
+            print(f"  {line}")
     if skipped:
         print("skipped (no data):")
         for name, reason in skipped:

@@ -49,7 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="finetune the backbone's last blocks + head on augmented images (scan, "
         "scan_selflabel, iic, spice, unic)",
     )
-    p.add_argument("--workers", type=int, default=1, help="Ray Train DDP workers (default 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Ray Train DDP workers (default 1); 0 trains a cached-embedding head in this "
+        "process, without Ray Train",
+    )
     p.add_argument(
         "--epochs", type=int, default=None, help="training epochs (finetune epochs with --finetune)"
     )
@@ -115,8 +121,8 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
     from_dict(method_cls.Config, overrides)  # unknown/mistyped keys fail before any work
     if method_cls.starts_from:
         from_dict(METHODS.get(method_cls.starts_from).Config, parent_overrides)
-    if args.workers < 1:
-        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers < 0 or (args.workers == 0 and args.finetune):
+        raise UserError(f"--workers must be >= 1 (>= 0 without --finetune), got {args.workers}")
     if args.workers > 1 and not method_cls.trainable:
         raise UserError(f"method '{args.method}' is not trained; drop --workers")
     (splits,), _ = _select(args.benchmark, settings)

@@ -5,6 +5,7 @@ k-means and SS-k-means have nothing worth searching with a label-free objective 
 so their spaces are empty.
 """
 
-from search_spaces.common import SPACES
+from search_spaces.budgets import FIDELITIES, fidelity_overrides
+from search_spaces.common import SPACES, is_empty
 
-__all__ = ["SPACES"]
+__all__ = ["FIDELITIES", "SPACES", "fidelity_overrides", "is_empty"]

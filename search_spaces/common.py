@@ -3,7 +3,7 @@
 Every name a space suggests is a field of its method's config (a test samples each space and
 validates the result with the strict config parser), so a trial's parameters are exactly the
 overrides it runs with. Ranges come from the specs: ``shared/spec/unic.md`` section 13 and
-``shared/spec/baselines.md``. Neighbour counts stop at 50, the default mined ``kmax``.
+``shared/spec/baselines.md``. Neighbour counts stop at the mined ``kmax`` (50 by default; less on small sets).
 """
 
 from __future__ import annotations
@@ -13,20 +13,21 @@ from typing import Any
 
 from deepclust.registry import Registry
 
-SearchSpace = Callable[[Any, str], dict[str, Any]]
+# fn(trial, setting, kmax): kmax is the mined table's width (neighbour counts stop there)
+SearchSpace = Callable[..., dict[str, Any]]
 
 SPACES: Registry[SearchSpace] = Registry("search space")
 KMAX = 50  # the pipeline's default mined neighbours (orchestrator.pipeline.DEFAULT_KMAX)
 
 
-def _none(trial: Any, setting: str = "clustering") -> dict[str, Any]:
+def _none(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str, Any]:
     # k-means / SS-k-means: k is fixed by the benchmark, restarts only trade time for inertia.
     return {}
 
 
-def _unic(trial: Any, setting: str = "clustering") -> dict[str, Any]:
+def _unic(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str, Any]:
     """UNIC, spec 13: neighbourhood, cleaning, negatives, loss weights, lr (+ GCD sources)."""
-    pos_k = trial.suggest_int("pos_k", 5, KMAX, log=True)
+    pos_k = trial.suggest_int("pos_k", min(5, kmax), kmax, log=True)
     out: dict[str, Any] = {"pos_k": pos_k}
     out["clean_rule"] = trial.suggest_categorical(
         "clean_rule", ["none", "pair_overlap", "votes", "anchor_spread"]
@@ -34,7 +35,7 @@ def _unic(trial: Any, setting: str = "clustering") -> dict[str, Any]:
     if out["clean_rule"] != "none":
         # spec: clean_m in {pos_k, 2 pos_k} (capped by the mined table); an int range with a
         # step of pos_k, since Optuna's categorical choices cannot depend on another parameter
-        top = min(2 * pos_k, KMAX)
+        top = min(2 * pos_k, kmax)
         out["clean_m"] = trial.suggest_int("clean_m", pos_k, top, step=max(1, top - pos_k))
     if out["clean_rule"] in ("pair_overlap", "votes"):
         out["min_shared_frac"] = trial.suggest_float("min_shared_frac", 0.0, 0.6)
@@ -58,47 +59,54 @@ def _unic(trial: Any, setting: str = "clustering") -> dict[str, Any]:
     return out
 
 
-def _scan(trial: Any, setting: str = "clustering") -> dict[str, Any]:
+def _scan(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str, Any]:
     """SCAN, baselines 4: k (20 small sets, 50 ImageNet) and the entropy weight (5)."""
     return {
-        "num_neighbors": trial.suggest_int("num_neighbors", 5, KMAX, log=True),
+        "num_neighbors": trial.suggest_int("num_neighbors", min(5, kmax), kmax, log=True),
         "entropy_weight": trial.suggest_float("entropy_weight", 1.0, 10.0),
         "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
     }
 
 
-def _selflabel(trial: Any, setting: str = "clustering") -> dict[str, Any]:
+def _selflabel(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str, Any]:
     """SCAN self-labelling, baselines 4.7: the confidence threshold (0.99)."""
     return {"threshold": trial.suggest_float("threshold", 0.9, 0.999)}
 
 
-def _temi(trial: Any, setting: str = "clustering") -> dict[str, Any]:
+def _temi(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str, Any]:
     """TEMI, baselines 3: k, beta (0.6), teacher temperature and momentum."""
     return {
-        "num_neighbors": trial.suggest_int("num_neighbors", 5, KMAX, log=True),
+        "num_neighbors": trial.suggest_int("num_neighbors", min(5, kmax), kmax, log=True),
         "beta": trial.suggest_float("beta", 0.3, 1.0),
         "teacher_temp": trial.suggest_float("teacher_temp", 0.04, 0.2, log=True),
         "teacher_momentum": trial.suggest_float("teacher_momentum", 0.99, 0.9995),
     }
 
 
-def _iic(trial: Any, setting: str = "clustering") -> dict[str, Any]:
+def _iic(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str, Any]:
     """IIC, baselines 5: overclustering factor (0 = off, else 5-10x C) and lambda (1-1.5)."""
     return {
         "overcluster_factor": trial.suggest_categorical("overcluster_factor", [0, 5, 7, 10]),
         "lam": trial.suggest_float("lam", 1.0, 2.0),
-        "num_neighbors": trial.suggest_int("num_neighbors", 5, KMAX, log=True),
+        "num_neighbors": trial.suggest_int("num_neighbors", min(5, kmax), kmax, log=True),
     }
 
 
-def _spice(trial: Any, setting: str = "clustering") -> dict[str, Any]:
+def _spice(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str, Any]:
     """SPICE, baselines 6: the consistency ratio eta (0.9-0.99) and the reliable-neighbour
     count N_s (the sample included, at most kmax + 1)."""
     return {
         "consistency_ratio": trial.suggest_float("consistency_ratio", 0.5, 0.99),
-        "reliable_neighbors": trial.suggest_int("reliable_neighbors", 5, KMAX + 1, log=True),
+        "reliable_neighbors": trial.suggest_int(
+            "reliable_neighbors", min(5, kmax), kmax + 1, log=True
+        ),
         "confidence_threshold": trial.suggest_float("confidence_threshold", 0.9, 0.999),
     }
+
+
+def is_empty(method: str) -> bool:
+    """True when ``method`` has nothing to search (its runs use the fidelity's config)."""
+    return SPACES.get(method) is _none
 
 
 SPACES.add("kmeans", _none)

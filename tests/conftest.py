@@ -75,3 +75,15 @@ def ray_cluster():
     session.resources()
     yield session
     session.close()
+
+
+# Tests that start Ray (marked `ray`: a local cluster, or a CLI subprocess that starts one) run
+# one after another on one pytest-xdist worker: two Ray clusters on a 2-core machine starve each other's
+# timeouts. Those tests mostly wait, so the CPU-bound tests (the digits learning tests, kept
+# together for their module-scoped embedding) run beside them on the other worker.
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("ray") or "ray_cluster" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+        elif item.path.name == "test_learning.py":
+            item.add_marker(pytest.mark.xdist_group("digits"))

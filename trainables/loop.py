@@ -58,6 +58,10 @@ class LoopHooks:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     world_rank: int = 0
     world_size: int = 1
+    # a search asks for the method's search objective at every report (methods with
+    # ``reports_objective`` then set ``evaluate``); evaluate(model) -> metrics to merge
+    want_objective: bool = False
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
 
 
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:
@@ -141,6 +145,8 @@ def fit(model: nn.Module, steps: TrainSteps, cfg: LoopConfig, hooks: LoopHooks) 
             continue  # every rank skips the same epochs: reports stay in lockstep
         metrics = {k: v / cfg.steps_per_epoch for k, v in sums.items()}
         metrics.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"])
+        if hooks.evaluate is not None:
+            metrics.update(hooks.evaluate(model))
         # a snapshot, not live references: consumers may keep it while training goes on
         state = copy.deepcopy(
             {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1}

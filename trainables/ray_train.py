@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -21,6 +22,7 @@ import ray.train.torch as rtt
 import torch
 
 from trainables import inputs as job_inputs
+from trainables import objective
 from trainables.loop import LoopHooks
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,12 @@ def train_worker(job: dict[str, Any]) -> None:
     if job.get("cpu_threads"):
         torch.set_num_threads(int(job["cpu_threads"]))
     method, fit_inputs = job_inputs.build(job)
+    search = job.get("search_metric")  # set when this run is a trial of a Tune search
 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        if search:  # Tune needs the metric in every report (TuneReportCallback forwards them)
+            mode = job["search_mode"]
+            metrics = {**metrics, search: objective.finite(metrics.get(search, math.inf), mode)}
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if rank == 0:
@@ -60,9 +66,14 @@ def train_worker(job: dict[str, Any]) -> None:
         device=rtt.get_device(),
         world_rank=rank,
         world_size=world,
+        want_objective=bool(search),
     )
     diagnostics = method.fit(fit_inputs, hooks)
     diagnostics["resumed_from_epoch"] = int(resume_state["epoch"]) if resume_state else 0
+    if search:  # a trial: the final objective is its result (every rank: report is a barrier)
+        value = objective.trial_objective(method, diagnostics, job, fit_inputs)
+        ray.train.report({**objective.numeric(diagnostics), search: value, "final": 1.0})
+        return
     if rank == 0:
         out = Path(job["work_dir"])
         out.mkdir(parents=True, exist_ok=True)
@@ -73,23 +84,35 @@ def train_worker(job: dict[str, Any]) -> None:
         (out / "diagnostics.json").write_text(json.dumps(diagnostics, default=float))
 
 
-def train(
-    job: dict[str, Any], num_workers: int, use_gpu: bool, storage: Path, name: str
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Run ``job`` on ``num_workers`` DDP workers; returns (eval predictions, diagnostics)."""
+def trainer(
+    job: dict[str, Any],
+    num_workers: int,
+    use_gpu: bool,
+    storage: Path | str,
+    name: str,
+    callbacks: list | None = None,
+) -> rtt.TorchTrainer:
+    """The TorchTrainer of one job. A stable ``(storage, name)`` makes a re-run resume."""
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
-    trainer = rtt.TorchTrainer(
+    return rtt.TorchTrainer(
         train_worker,
         train_loop_config=job,
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=str(storage.resolve()),
+            storage_path=str(Path(storage).resolve()),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=1),
+            callbacks=callbacks or [],
         ),
         torch_config=rtt.TorchConfig(backend="nccl" if use_gpu else "gloo"),
     )
-    trainer.fit()
+
+
+def train(
+    job: dict[str, Any], num_workers: int, use_gpu: bool, storage: Path, name: str
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Run ``job`` on ``num_workers`` DDP workers; returns (eval predictions, diagnostics)."""
+    trainer(job, num_workers, use_gpu, storage, name).fit()
     out = Path(job["work_dir"])
     return np.load(out / "predictions.npy"), json.loads((out / "diagnostics.json").read_text())

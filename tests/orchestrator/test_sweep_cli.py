@@ -49,6 +49,22 @@ def test_bad_input_is_one_line_exit_2(args, fragments, tmp_path):
     assert_one_line_error(proc, *fragments)
 
 
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--budget", "-1"], "--budget must be >= 0 trials"),
+        (["--oracle", "--budget", "0"], "--oracle ranks a search's trials"),
+        (["--trial-workers", "-2"], "--trial-workers must be >= 0"),
+    ],
+)
+def test_bad_search_flags_are_one_line_errors(args, fragment, tmp_path, capsys):
+    from orchestrator.sweep import main
+
+    assert main([*args, "--output", str(tmp_path)]) == 2  # before any work or Ray
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0]
+
+
 def test_named_benchmark_without_data_names_the_path(tmp_path):
     proc, _ = sweep(
         "--benchmark", "cifar10", "--data-root", str(tmp_path), "--output", str(tmp_path / "out")
@@ -117,17 +133,21 @@ def test_unreachable_hub_weights_are_a_one_line_error(tiny_parquet, tmp_path):
 
 
 def test_methods_default_and_all(tmp_path):
-    """The default keeps the offline main command short; 'all' expands to the registry's
-    methods of the setting (GCD adds semi-supervised k-means)."""
+    """A search (the default) covers every method of the setting; --budget 0 keeps the short
+    unsearched default; 'all' expands to the registry's methods of the setting (GCD adds
+    semi-supervised k-means)."""
     from orchestrator.sweep import DEFAULT_GCD_METHODS, DEFAULT_METHODS, _settings, build_parser
     from trainables.methods import METHODS
 
     parser = build_parser()
+    clustering = tuple(n for n in METHODS.names() if n != "sskmeans")
     default = _settings(parser.parse_args(["--benchmark", "digits"]), False)
-    assert default.methods == DEFAULT_METHODS and set(DEFAULT_METHODS) <= set(METHODS.names())
+    assert default.methods == clustering and default.seeds == (0, 1, 2)
+    plain = _settings(parser.parse_args(["--benchmark", "digits", "--budget", "0"]), False)
+    assert plain.methods == DEFAULT_METHODS and set(DEFAULT_METHODS) <= set(METHODS.names())
     every = _settings(parser.parse_args(["--benchmark", "digits", "--methods", "all"]), False)
-    assert every.methods == tuple(n for n in METHODS.names() if n != "sskmeans")
-    gcd = parser.parse_args(["--benchmark", "digits", "--setting", "gcd"])
+    assert every.methods == clustering
+    gcd = parser.parse_args(["--benchmark", "digits", "--setting", "gcd", "--budget", "0"])
     assert _settings(gcd, False).methods == DEFAULT_GCD_METHODS
     gcd_all = parser.parse_args(["--benchmark", "digits", "--setting", "gcd", "--methods", "all"])
     assert _settings(gcd_all, False).methods == tuple(METHODS.names())

@@ -144,7 +144,18 @@ def test_selflabel_stage_starts_from_the_scan_run(tiny_parquet, tmp_path):
     """A staged method trains (or reuses) its parent run and starts from its saved state."""
     out = tmp_path / "out"
     small_parent = ("--set", "scan.min_steps=100", "--set", "scan.num_heads=2")
-    cmd = train_cmd(tiny_parquet, out, "--set", "threshold=0.5", "--set", "epochs=3", *small_parent)
+    # --workers 0: both stages train in the CLI's process (Ray Train is covered above)
+    cmd = train_cmd(
+        tiny_parquet,
+        out,
+        "--workers",
+        "0",
+        "--set",
+        "threshold=0.5",
+        "--set",
+        "epochs=3",
+        *small_parent,
+    )
     cmd[cmd.index("unic")] = "scan_selflabel"
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env())
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -43,3 +43,15 @@ def test_suggested_names_are_config_fields_and_validate(name, setting):
         assert ("gcd_neg_source" in seen) == (setting == "gcd")
         clean = [t.params for t in study.trials if "clean_m" in t.params]
         assert all(p["clean_m"] in (p["pos_k"], min(2 * p["pos_k"], 50)) for p in clean)
+
+
+@pytest.mark.parametrize("name", ["unic", "scan", "temi", "iic", "spice"])
+def test_neighbour_counts_stay_within_the_mined_table(name):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        trial = study.ask()
+        overrides = SPACES.get(name)(trial, "clustering", kmax=12)
+        for key in ("pos_k", "clean_m", "num_neighbors"):
+            assert overrides.get(key, 0) <= 12, (key, overrides)
+        assert overrides.get("reliable_neighbors", 0) <= 13  # the sample itself included
+        study.tell(trial, 0.0)

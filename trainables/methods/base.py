@@ -55,8 +55,16 @@ class ClusteringMethod(abc.ABC):
     needs: ClassVar[frozenset[str]] = frozenset({"embeddings"})  # subset of FitInputs fields
     uses_labels: ClassVar[bool] = False
     trainable: ClassVar[bool] = False  # False: fit offline in the driver, no training loop
-    # Label-free criterion a search may optimise (objective hygiene: never test accuracy).
+    # Label-free criterion the method selects with internally (its own heads, restarts).
     objective: ClassVar[str]
+    # What a hyperparameter search ranks this method's trials by: (name, "min" | "max"). It
+    # must be label-free and comparable across configurations (a loss whose value depends on
+    # the searched weights is not); trainables/objective.py computes it. The default reads
+    # only predictions and the mined kNN table (deepclust.selection.neighbor_agreement).
+    search_objective: ClassVar[tuple[str, str]] = ("neighbor_agreement", "max")
+    # True when the loop's reports carry ``search_objective`` at every report (hooks with
+    # ``want_objective``), so a scheduler (ASHA) may stop a trial early on it.
+    reports_objective: ClassVar[bool] = False
     # A staged method starts from another registered method's run on the same inputs and
     # seed (the runner trains or reuses that run and passes its export_state() in init_state).
     starts_from: ClassVar[str | None] = None

@@ -23,6 +23,7 @@ class KMeansConfig:
 class KMeans(ClusteringMethod):
     Config = KMeansConfig
     objective = "inertia"  # within-cluster sum of squares on the fit split; lower is better
+    search_objective = ("inertia", "min")  # nothing to search at fixed k (empty space)
 
     def fit(self, inputs: FitInputs, hooks: object = None) -> dict[str, float]:
         rows = inputs.embeddings

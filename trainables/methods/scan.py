@@ -58,6 +58,7 @@ class Scan(ClusteringMethod):
     needs = frozenset({"embeddings", "neighbors"})
     trainable = True
     objective = "scan_selection"  # consistency over raw top-5 neighbours - entropy (weight 1)
+    search_objective = ("scan_selection", "min")  # fixed k=5 and weight 1: config-free
     smoke = {"epochs": 10, "num_heads": 2, "num_neighbors": 5}
 
     def _step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:

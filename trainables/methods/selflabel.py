@@ -73,6 +73,7 @@ class ScanSelfLabel(ClusteringMethod):
     trainable = True
     starts_from = "scan"
     objective = "scan_selection"  # the same label-free score as SCAN, on the final head
+    search_objective = ("scan_selection", "min")
     smoke = {"epochs": 5, "min_steps": 10, "threshold": 0.3}
 
     def fit(self, inputs: FitInputs, hooks: loop.LoopHooks | None = None) -> dict[str, float]:

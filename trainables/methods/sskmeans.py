@@ -24,6 +24,7 @@ class SSKMeansConfig:
 class SSKMeans(ClusteringMethod):
     Config = SSKMeansConfig
     objective = "inertia"  # labelled rows to their class centroid + unlabelled to the nearest
+    search_objective = ("inertia", "min")  # nothing to search at fixed k (empty space)
     settings = frozenset({"gcd"})
     gcd_labels = True
     smoke = {"n_init": 2, "max_iter": 20}

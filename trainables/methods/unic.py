@@ -9,6 +9,7 @@ Labels are never read (``uses_labels = False``; the runner strips them).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Iterator
@@ -249,6 +250,8 @@ class Unic(ClusteringMethod):
     trainable = True
     # spec section 10: raw top-5 consistency + random-partner separation - H(mean prediction)
     objective = "selection_score"
+    search_objective = ("selection_score", "min")  # fixed anchors, raw top-5: config-free
+    reports_objective = True
     smoke = {"epochs": 10, "num_heads": 2}
     gcd_labels = True  # GCD: labelled images are ground-truth neighbours (spec 9)
 
@@ -289,6 +292,7 @@ class Unic(ClusteringMethod):
                 labels if cfg.gcd_label_constraints else None,
             )
         self.diagnostics = {
+            "pos_k": cfg.pos_k,  # resolved (None in the config means a size-based default)
             "kept_pair_frac": positives.kept_fraction(),
             "empty_anchor_frac": positives.empty_fraction(),
         }
@@ -302,6 +306,8 @@ class Unic(ClusteringMethod):
         hooks = hooks or loop.LoopHooks()
         torch.manual_seed(inputs.seed)
         cfg, sampler = self._prepare(inputs)
+        if hooks.want_objective and not cfg.finetune:  # a search reads it at every report
+            hooks = replace(hooks, evaluate=lambda model: self._report_score(model, inputs))
         features = torch.from_numpy(inputs.embeddings)
         heads = []
         for _ in range(cfg.num_heads):
@@ -324,6 +330,18 @@ class Unic(ClusteringMethod):
             self.model = self._select_head(loop.fit(head, steps, cached_loop, hooks), inputs)
         self.diagnostics[self.objective] = self.selection_score(inputs)
         return dict(self.diagnostics)
+
+    def _report_score(self, model: nn.Module, inputs: FitInputs) -> dict[str, float]:
+        """The selection score of the best restart so far (what ``_select_head`` would keep):
+        comparable across epochs and configurations, so ASHA can stop a trial on it."""
+        kept = getattr(self, "model", None)
+        heads = model.heads if isinstance(model, MultiHead) else [model]
+        scores = []
+        for head in heads:
+            self.model = copy.deepcopy(head).cpu().eval()  # never touch the training copy
+            scores.append(self.selection_score(inputs))
+        self.model = kept
+        return {self.objective: min(scores)}
 
     def _select_head(self, trained: nn.Module, inputs: FitInputs) -> ClusterHead:
         """The restart with the lowest label-free selection score (ties: lowest index)."""

@@ -1,0 +1,266 @@
+"""Hyperparameter search: one Ray Tune ``Tuner`` per (benchmark, backbone, method, setting).
+
+Design (shared/spec/ray-notes.md sections 5-8):
+
+* Embeddings, the kNN table and the GCD split exist before Tune starts (pipeline.py); a trial
+  receives their paths, never arrays, and never recomputes them.
+* ``OptunaSearch`` (TPE, seeded) samples the method's define-by-run space
+  (``search_spaces``), with ``metric``/``mode`` given to the searcher itself (with a
+  define-by-run space Tune's own metric/mode never reach it).
+* ASHA stops trials early only for methods whose loop reports the search objective at every
+  report (``reports_objective``, UNIC); the others report it once, at the end, and run FIFO.
+* Trials train in their own process (heads on cached embeddings) or, with
+  ``trial_workers >= 1``, through Ray Train inside the trial (trainables/tune_trial.py);
+  ``max_concurrent_trials`` comes from the cluster's GPUs or CPUs per trial, since Tune only
+  reserves the trial driver's resources (Train asks for its workers later).
+* Tuners run one after another, each under ``<output>/tune/<name>``: the name holds a key of
+  everything that shapes the search, so a changed budget or input starts a new search, a
+  finished one is reused from its ``search.json``, and an interrupted one continues with
+  ``--resume`` (``Tuner.restore``: finished trials are kept, never run again).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deepclust.artifacts import ArtifactStore, stable_key
+from deepclust.errors import UserError
+from orchestrator.leaderboard import SEARCH_FILE
+from search_spaces import SPACES, fidelity_overrides, is_empty
+from trainables.methods import METHODS
+from trainables.objective import search_metric
+
+log = logging.getLogger(__name__)
+
+ASHA_GRACE = 3  # reports before ASHA may stop a trial (UNIC reports ~10 times per run)
+
+
+class SearchFailed(UserError):
+    """Every trial of one method's search failed (the sweep reports it and goes on)."""
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    budget: int  # trials per searched method (0: no search, the fidelity's config)
+    fidelity: str = "full"  # full | laptop | smoke (search_spaces/budgets.py)
+    oracle: bool = False  # rank trials by test accuracy: marked in every output
+    resume: bool = False  # continue an interrupted search (Tuner.restore)
+    trial_workers: int = 0  # 0: train inside the trial; N: Ray Train DDP with N workers
+    seed: int = 0  # the trials' training seed and the sampler's seed
+    asha: bool = True
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    config: dict[str, Any]  # overrides the final seeds run with (fidelity + best trial)
+    trials: int
+    seconds: float
+    metric: str
+    mode: str
+    best_value: float | None
+    oracle: bool
+    path: str | None  # the Tune experiment folder (None: nothing searched)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "trials": self.trials,
+            "search_seconds": round(self.seconds, 2),
+            "selected_by": f"ORACLE {self.metric}" if self.oracle else self.metric,
+            "search_mode": self.mode,
+            "best_value": self.best_value,
+            "oracle": self.oracle,
+            "search_path": self.path,
+        }
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_")[-60:]
+
+
+def _concurrency(resources, opts: SearchOptions, budget: int) -> tuple[int, dict, int]:
+    """(max concurrent trials, resources of one trial driver, torch threads per trial)."""
+    if opts.trial_workers > 0:  # Train workers are placed later, outside the driver's bundle
+        if resources.gpus:
+            slots = resources.gpus // opts.trial_workers
+        else:
+            slots = int(resources.cpus // (opts.trial_workers + 0.5))
+        return max(1, min(budget, slots)), {"CPU": 0.5}, 0
+    slots = max(1, min(budget, resources.cpus))
+    return slots, {"CPU": 1}, max(1, resources.cpus // slots)
+
+
+def search_method(
+    method: str,
+    job: dict[str, Any],
+    identity: dict[str, Any],
+    store: ArtifactStore,
+    ray_session,
+    setting: str,
+    opts: SearchOptions,
+    kmax: int = 50,
+) -> tuple[SearchOutcome, str | None]:
+    """Search ``method``'s space on one benchmark: (the outcome, the search's key; None when
+    nothing was searched). The outcome's ``config`` is what the final seeds run with.
+
+    ``job`` is the plain training job of the search seed (pipeline._job); ``identity`` what
+    else makes this search distinct (input keys, benchmark, backbone).
+    """
+    method_cls = METHODS.get(method)
+    base = fidelity_overrides(method, opts.fidelity)
+    metric, mode = search_metric(method_cls, setting, opts.oracle)
+    if opts.budget == 0 or is_empty(method):
+        return SearchOutcome(base, 0, 0.0, metric, mode, None, opts.oracle, None), None
+    key = stable_key(
+        {
+            **identity,
+            "method": method,
+            "setting": setting,
+            "base": base,
+            "budget": opts.budget,
+            "oracle": opts.oracle,
+            "seed": opts.seed,
+            "trial_workers": opts.trial_workers,
+            "asha": opts.asha,
+            "kmax": kmax,
+        }
+    )
+    name = f"{method}-{setting}-{_slug(identity['benchmark'])}-{key[:10]}"
+    root = store.root / "tune"
+    exp_dir = root / name
+    summary = exp_dir / SEARCH_FILE
+    if summary.is_file():
+        done = json.loads(summary.read_text())
+        if done.get("key") == key:
+            log.info("%s search: cached (%s)", method, exp_dir)
+            return SearchOutcome(**done["outcome"]), key
+    import ray.tune as tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from trainables.tune_trial import run_trial
+
+    resources = ray_session.resources()
+    slots, per_trial, threads = _concurrency(resources, opts, opts.budget)
+    trial_job = {
+        **job,
+        "base_config": base,
+        "search_metric": metric,
+        "search_mode": mode,
+        "trial_workers": opts.trial_workers,
+        "use_gpu": resources.gpus > 0,
+        "train_storage": str((exp_dir / "train").resolve()),
+        "cpu_threads": threads,
+    }
+    trainable = tune.with_resources(tune.with_parameters(run_trial, job=trial_job), per_trial)
+    t0 = time.perf_counter()
+    if exp_dir.exists():
+        if not opts.resume:
+            raise UserError(
+                f"an interrupted {method} search is in {exp_dir}; rerun with --resume to "
+                "continue it (finished trials are kept), or delete that folder to start over"
+            )
+        if not tune.Tuner.can_restore(str(exp_dir)):
+            raise UserError(
+                f"{exp_dir} holds no restorable Tune state (killed before its first "
+                "checkpoint); delete that folder and rerun"
+            )
+        log.info("%s search: resuming %s", method, exp_dir)
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=False)
+    else:
+        asha = (
+            opts.asha and method_cls.reports_objective and metric == method_cls.search_objective[0]
+        )
+        space = functools.partial(SPACES.get(method), setting=setting, kmax=kmax)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode=mode,
+                search_alg=OptunaSearch(space=space, metric=metric, mode=mode, seed=opts.seed),
+                scheduler=(
+                    ASHAScheduler(
+                        time_attr="training_iteration",
+                        max_t=1000,
+                        grace_period=ASHA_GRACE,
+                        reduction_factor=2,
+                    )
+                    if asha
+                    else None
+                ),
+                num_samples=opts.budget,
+                max_concurrent_trials=slots,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=str(root.resolve()),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=0),
+                verbose=0,
+            ),
+        )
+        log.info(
+            "%s search: %d trials (%d at a time), metric %s (%s)%s%s -> %s",
+            method,
+            opts.budget,
+            slots,
+            metric,
+            mode,
+            ", ASHA" if asha else "",
+            ", ORACLE: ranked by test labels" if opts.oracle else "",
+            exp_dir,
+        )
+    grid = tuner.fit()
+    outcome = _best(grid, method, base, metric, mode, opts, exp_dir, time.perf_counter() - t0)
+    return outcome, key
+
+
+def _best(grid, method, base, metric, mode, opts, exp_dir, seconds) -> SearchOutcome:
+    failed = [r for r in grid if r.error is not None]
+    for r in failed:  # a trial that fails is reported once, with its reason; the search goes on
+        reason = str(r.error).strip().splitlines()[-1] if str(r.error).strip() else r.error
+        log.warning("%s search: trial %s failed: %s", method, Path(r.path).name, reason)
+    scored = [
+        r
+        for r in grid
+        if r.error is None and r.metrics and math.isfinite(r.metrics.get(metric, math.nan))
+    ]
+    if not scored:
+        first = str(failed[0].error).strip().splitlines()[-1] if failed else "no trial reported"
+        raise SearchFailed(f"every trial of the {method} search failed ({first}); see {exp_dir}")
+    best = grid.get_best_result(metric=metric, mode=mode, scope="last", filter_nan_and_inf=True)
+    suggested = dict(best.config)  # the space's suggestions (every name is a config field)
+    log.info("%s search: best %s=%.4g with %s", method, metric, best.metrics[metric], suggested)
+    return SearchOutcome(
+        {**base, **suggested},
+        len(grid),
+        seconds,
+        metric,
+        mode,
+        float(best.metrics[metric]),
+        opts.oracle,
+        str(exp_dir),
+    )
+
+
+def write_record(outcome: SearchOutcome, key: str, final: dict[str, Any]) -> None:
+    """Mark a search finished (its ``search.json``): the outcome and the leaderboard join
+    keys of the final runs (setting, benchmark, backbone, method, config hash)."""
+    if outcome.path is None:
+        return
+    path = Path(outcome.path) / SEARCH_FILE
+    payload = {
+        "key": key,
+        "outcome": outcome.__dict__,
+        **{k: final[k] for k in ("setting", "benchmark", "backbone", "method", "config_hash")},
+        **outcome.record(),
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    tmp.replace(path)

@@ -1,0 +1,193 @@
+"""Ray Tune + Optuna searches through the pipeline, on a tiny image set embedded for real:
+Train-in-Tune with ASHA finishes, no objective reads labels without --oracle, a killed sweep
+resumes without re-running finished trials, and the leaderboard rebuilds from the run folders.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deepclust.artifacts import ArtifactStore
+from deepclust.backbones import DEFAULT_BACKBONE
+from deepclust.datasets import resolve_dataset
+from orchestrator.leaderboard import SEARCH_FILE
+from orchestrator.pipeline import SweepSettings, load_splits, run_benchmark
+from orchestrator.search import SearchOptions
+from tests.conftest import REPO, make_images, write_image_parquet
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def parquets(tmp_path_factory):
+    """The same 32 images twice: with their labels, and with the labels shuffled."""
+    folder = tmp_path_factory.mktemp("images")
+    images, labels = make_images(32)
+    shuffled = np.random.default_rng(1).permutation(labels)
+    assert (shuffled != labels).any()
+    return (
+        write_image_parquet(folder / "true.parquet", images, labels),
+        write_image_parquet(folder / "shuffled.parquet", images, shuffled),
+    )
+
+
+def _search(ray_cluster, parquet, out, opts, methods=("unic",)):
+    settings = SweepSettings(
+        data_root=out,
+        download=False,
+        output=out,
+        backbone=DEFAULT_BACKBONE,
+        weights_file=None,
+        methods=methods,
+        seeds=(0,),
+        kmax=None,
+        knn_backend="auto",
+        knn_shards=1,
+        batch_size=64,
+    )
+    splits = load_splits(resolve_dataset(f"parquet:{parquet}"), settings)
+    store = ArtifactStore(out)
+    results = run_benchmark(splits, settings, store, ray_cluster, search=opts)
+    (record,) = [json.loads(p.read_text()) for p in (out / "tune").glob(f"*/{SEARCH_FILE}")]
+    return results, record
+
+
+def _trials(record) -> dict[str, tuple[dict, float]]:
+    """trial params (as JSON) -> (params, last reported value of the search metric)."""
+    out = {}
+    for params in Path(record["search_path"]).glob("*/params.json"):
+        lines = params.with_name("result.json").read_text().splitlines()
+        last = json.loads(lines[-1])
+        out[params.read_text()] = (
+            json.loads(params.read_text()),
+            last[record["outcome"]["metric"]],
+        )
+    return out
+
+
+def test_train_in_tune_with_asha_finishes(ray_cluster, parquets, tmp_path):
+    """2 trials, each a Ray Train run (1 gloo worker) inside a Tune trial, ASHA on UNIC's
+    per-report selection score: the sweep finishes (no leaked placement group) and runs the
+    best configuration."""
+    opts = SearchOptions(budget=2, fidelity="smoke", trial_workers=1)
+    results, record = _search(ray_cluster, parquets[0], tmp_path / "out", opts)
+    assert record["trials"] == 2 and record["selected_by"] == "selection_score"
+    assert len(list((tmp_path / "out" / "tune").glob("*/train/train-*"))) == 2  # Train runs
+    assert [r["method"] for r in results] == ["unic"] and results[0]["acc"] > 0.5
+    assert results[0]["config_hash"] == record["config_hash"]
+    chosen = record["outcome"]["config"]
+    assert {k: results[0]["config"][k] for k in chosen} == chosen  # the best config was re-run
+
+
+def test_no_objective_reads_labels_without_oracle(ray_cluster, parquets, tmp_path):
+    """Same images, true vs shuffled labels: every trial scores the same and the same config
+    is chosen. (With --oracle the scores follow the labels: tests/trainables/test_objective.py.)"""
+    opts = SearchOptions(budget=3, fidelity="smoke")
+    runs = {}
+    for which, parquet in zip(("true", "shuffled"), parquets, strict=True):
+        _, runs[which] = _search(ray_cluster, parquet, tmp_path / which, opts)
+    assert _trials(runs["true"]) == _trials(runs["shuffled"])
+    assert runs["true"]["outcome"]["config"] == runs["shuffled"]["outcome"]["config"]
+
+
+def _sweep_cmd(parquet, out, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "orchestrator.sweep",
+        "--benchmark",
+        f"parquet:{parquet}",
+        "--methods",
+        "kmeans,unic",
+        "--budget",
+        "4",
+        "--fidelity",
+        "laptop",
+        "--seeds",
+        "0",
+        "--output",
+        str(out),
+        *extra,
+    ]
+
+
+def _finished_trials(out: Path) -> dict[Path, bytes]:
+    done = {}
+    for result in out.glob("tune/unic-*/*/result.json"):
+        text = result.read_bytes()
+        if b'"final": 1.0' in text:
+            done[result] = text
+    return done
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_trials(parquets, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    log = tmp_path / "first.log"
+    with log.open("wb") as sink:
+        first = subprocess.Popen(
+            _sweep_cmd(parquets[0], out),
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    deadline = time.time() + 400
+    try:
+        while not _finished_trials(out) and time.time() < deadline:
+            if first.poll() is not None:
+                pytest.fail(f"the sweep ended before a trial finished:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+    finally:
+        try:
+            os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started
+        except ProcessLookupError:
+            pass
+        first.wait()
+    finished = _finished_trials(out)
+    assert finished, "no trial finished within the time limit"
+    assert not list(out.glob(f"tune/*/{SEARCH_FILE}"))  # killed mid-search
+    again = subprocess.run(
+        _sweep_cmd(parquets[0], out), cwd=REPO, capture_output=True, text=True, env=env
+    )
+    assert again.returncode == 2 and "rerun with --resume" in again.stderr
+    assert "Traceback" not in again.stderr
+    resumed = subprocess.run(
+        _sweep_cmd(parquets[0], out, "--resume"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = list(out.glob("tune/unic-*/*/result.json"))
+    assert len(trials) == 4 and all(t.read_bytes().strip() for t in trials)  # the budget, once
+    # (some ended by ASHA, the others with their final report)
+    assert all(path.read_bytes() == text for path, text in finished.items())  # never re-run
+    (record,) = [json.loads(p.read_text()) for p in out.glob(f"tune/*/{SEARCH_FILE}")]
+    assert record["trials"] == 4 and "| unic |" in resumed.stdout
+
+    # the leaderboard files and plots rebuild from the run folders, identical
+    from orchestrator.leaderboard import leaderboard_files, main
+
+    store = ArtifactStore(out)
+    written = {p.name: p.read_bytes() for p in leaderboard_files(store) if p.suffix != ".png"}
+    assert {"leaderboard_acc.png", "unic_k.png"} <= {p.name for p in leaderboard_files(store)}
+    for path in leaderboard_files(store):
+        path.unlink()
+    assert main([str(out)]) == 0
+    rebuilt = {p.name: p.read_bytes() for p in leaderboard_files(store) if p.suffix != ".png"}
+    assert rebuilt == written
+    assert (out / "leaderboard_acc.png").stat().st_size > 1000
+    row = json.loads((out / "leaderboard.json").read_text())
+    unic = [r for r in row if r["method"] == "unic"][0]
+    assert unic["trials"] == 4 and unic["selected_by"] == "selection_score"

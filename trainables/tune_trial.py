@@ -1,0 +1,87 @@
+"""The Tune function trainable: one trial = one method fit with the trial's overrides.
+
+Two ways to train a trial, chosen by ``job["trial_workers"]``:
+
+* ``0`` (the default for heads on cached embeddings): the method trains inside the trial's own
+  process. A Tune trial already is a Ray actor holding its resources; wrapping a one-process
+  head fit in a TorchTrainer would add a controller actor, a worker group and a placement
+  group per trial (tens of seconds on a 2-core machine) for no parallelism.
+* ``N >= 1``: the Train V2 driver pattern (shared/spec/ray-notes.md 5.4). The trial builds a
+  TorchTrainer with N DDP workers and ``TuneReportCallback``; its run name is the trial id, so
+  a restored trial resumes from its last Train checkpoint.
+
+Either way every loop report reaches Tune with the search metric (ASHA reads it for methods
+that report their objective each epoch) and a checkpoint, and the last report is the finished
+trial's objective (trainables/objective.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray.tune as tune
+import torch
+
+from trainables import inputs as job_inputs
+from trainables import objective
+from trainables.loop import LoopHooks
+
+STATE_FILE = "state.pt"
+
+
+def _resume_state() -> dict[str, Any] | None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def run_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
+    """Tune entry point: ``config`` is what the search space suggested for this trial."""
+    logging.getLogger("ray").setLevel(logging.WARNING)  # one line per checkpoint otherwise
+    trial_job = {**job, "method_config": {**job["base_config"], **config}}
+    if job["trial_workers"] > 0:
+        _train_in_tune(trial_job)
+    else:
+        _in_process(trial_job)
+
+
+def _in_process(job: dict[str, Any]) -> None:
+    if job.get("cpu_threads"):
+        torch.set_num_threads(int(job["cpu_threads"]))
+    metric, mode = job["search_metric"], job["search_mode"]
+    method, fit_inputs = job_inputs.build(job)
+
+    def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        value = objective.finite(metrics.get(metric, objective.pending(mode)), mode)
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save(state, Path(directory) / STATE_FILE)
+            tune.report(
+                {**metrics, metric: value},
+                checkpoint=tune.Checkpoint.from_directory(directory),
+            )
+
+    hooks = LoopHooks(report=report, resume_state=_resume_state(), want_objective=True)
+    diagnostics = method.fit(fit_inputs, hooks)
+    value = objective.trial_objective(method, diagnostics, job, fit_inputs)
+    tune.report({**objective.numeric(diagnostics), metric: value, "final": 1.0})
+
+
+def _train_in_tune(job: dict[str, Any]) -> None:
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from trainables.ray_train import trainer
+
+    trial_id = tune.get_context().get_trial_id()
+    trainer(
+        job,
+        int(job["trial_workers"]),
+        bool(job["use_gpu"]),
+        job["train_storage"],
+        name=f"train-{trial_id}",  # stable per trial: a restored trial resumes its Train run
+        callbacks=[TuneReportCallback()],
+    ).fit()
