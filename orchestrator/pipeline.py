@@ -431,6 +431,39 @@ def run_benchmark(
     return [run_method(r, *args, gcd=gcd) for r in runs]
 
 
+def _run_task(run: MethodRun, shared: tuple) -> dict[str, Any]:
+    """One seed's in-process run inside a 1-CPU Ray task (see ``_run_in_parallel``)."""
+    import torch
+
+    torch.set_num_threads(1)
+    splits, fit_emb, eval_emb, neighbors, settings, store, gcd = shared
+    return run_method(run, splits, fit_emb, eval_emb, neighbors, settings, store, None, gcd=gcd)
+
+
+def _run_in_parallel(runs: list[MethodRun], args: tuple, gcd) -> list[dict[str, Any]]:
+    """The seeds of a head trained on cached embeddings, as 1-CPU Ray tasks side by side (on
+    a machine without GPUs; one torch thread each beats one run on every core for heads this
+    small). The inputs go to the object store once; each task writes its run folder as the
+    driver would (cached runs return at once)."""
+    import ray
+
+    splits, fit_emb, eval_emb, neighbors, settings, store, _ = args
+    shared = ray.put((splits, fit_emb, eval_emb, neighbors, settings, store, gcd))
+    task = ray.remote(num_cpus=1)(_run_task)
+    results = ray.get([task.remote(r, shared) for r in runs])
+    for r in results:
+        log.info(
+            "%s/%s seed %d: acc=%.4f nmi=%.4f ari=%.4f",
+            splits.fit.name,
+            r["method"],
+            r["seed"],
+            r["acc"],
+            r["nmi"],
+            r["ari"],
+        )
+    return results
+
+
 SEARCH_VAL_FRAC = 0.2  # GCD search: held-out share of each Old class's labelled images
 
 
@@ -501,12 +534,14 @@ def _search_and_run(
         method, job, identity, store, ray_session, settings.setting, search, kmax
     )
     chosen[method] = outcome.config
-    results = [
-        run_method(
-            MethodRun(method, seed, outcome.config, workers, None, parent_cfg), *args, gcd=gcd
-        )
+    runs = [
+        MethodRun(method, seed, outcome.config, workers, None, parent_cfg)
         for seed in settings.seeds
     ]
+    if workers == 0 and method_cls.trainable and len(runs) > 1:
+        results = _run_in_parallel(runs, args, gcd)
+    else:
+        results = [run_method(r, *args, gcd=gcd) for r in runs]
     if key is not None:
         write_record(outcome, key, results[0])
     return results

@@ -18,6 +18,8 @@ import pandas as pd
 
 from deepclust.artifacts import ArtifactStore
 
+WORST = 1e9  # trainables.objective.WORST (not imported: plots stay torch-free)
+
 log = logging.getLogger(__name__)
 
 
@@ -38,7 +40,8 @@ def _unic_trials(store: ArtifactStore) -> list[tuple[int, float, str]]:
         last = json.loads(lines[-1])
         config = json.loads(params.read_text())
         metric = next((m for m in ("selection_score", "val_acc", "oracle_acc") if m in last), None)
-        if metric and "pos_k" in config:
+        # degenerate trials carry the worst finite value (trainables.objective.WORST): omitted
+        if metric and "pos_k" in config and abs(float(last[metric])) < WORST:
             out.append((int(config["pos_k"]), float(last[metric]), metric))
     return out
 
@@ -104,7 +107,7 @@ def write_plots(store: ArtifactStore, table: pd.DataFrame, runs: list[dict[str, 
         right.plot([k for k, _ in pts], [v for _, v in pts], "x", label=metric)
     right.set_xlabel("positive neighbours (pos_k)")
     right.set_ylabel("search objective")
-    right.set_title("UNIC trials")
+    right.set_title("UNIC trials (degenerate ones omitted)")
     if trials:
         right.legend(fontsize=7)
     fig.tight_layout()

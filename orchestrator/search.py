@@ -25,6 +25,7 @@ import functools
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,8 @@ def search_method(
         if done.get("key") == key:
             log.info("%s search: cached (%s)", method, exp_dir)
             return SearchOutcome(**done["outcome"]), key
+    # trials checkpoint ~10 times each; Tune's snapshot-frequency warning would flood the log
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray.tune as tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -200,7 +203,8 @@ def search_method(
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=str(root.resolve()),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # 2, not 1: with 1 every report forces an experiment snapshot (Tune warns)
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=0),
                 verbose=0,
             ),

@@ -40,7 +40,8 @@ log = logging.getLogger("orchestrator.sweep")
 DEFAULT_METHODS = ("kmeans", "unic")
 DEFAULT_GCD_METHODS = ("kmeans", "sskmeans", "unic")
 # A search's default budget: trials per method and fidelity, by whether the cluster has GPUs
-BUDGET_CPU, BUDGET_GPU = (4, "laptop"), (24, "full")
+# (2 trials on 2 cores: one round of two side by side; every method of digits in < 10 min)
+BUDGET_CPU, BUDGET_GPU = (2, "laptop"), (24, "full")
 
 
 def _csv(text: str) -> list[str]:

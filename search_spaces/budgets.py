@@ -18,12 +18,12 @@ FIDELITIES = ("full", "laptop", "smoke")
 
 # deviation: fewer heads/steps than the methods' defaults, for CPU-only machines (see above)
 LAPTOP: dict[str, dict[str, Any]] = {
-    "unic": {"num_heads": 2, "min_steps": 1500},
-    "scan": {"num_heads": 2, "min_steps": 1500},
-    "scan_selflabel": {"epochs": 20, "min_steps": 200},
-    "temi": {"num_heads": 2, "epochs": 20, "min_steps": 500},
-    "iic": {"epochs": 20, "min_steps": 300},
-    "spice": {"num_heads": 2, "semi_epochs": 30, "semi_min_steps": 500},
+    "unic": {"num_heads": 2, "epochs": 30},
+    "scan": {"num_heads": 2, "epochs": 30},
+    "scan_selflabel": {"epochs": 10, "min_steps": 100},
+    "temi": {"num_heads": 2, "epochs": 10, "min_steps": 250},
+    "iic": {"epochs": 10, "min_steps": 150, "num_subheads": 2},
+    "spice": {"num_heads": 2, "epochs": 5, "semi_epochs": 10, "semi_min_steps": 250},
 }
 
 

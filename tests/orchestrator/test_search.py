@@ -111,7 +111,7 @@ def _sweep_cmd(parquet, out, *extra):
         "--fidelity",
         "laptop",
         "--seeds",
-        "0",
+        "0,1",  # the final seeds run side by side as Ray tasks (no GPU)
         "--output",
         str(out),
         *extra,
@@ -191,3 +191,4 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(parquets, tmp_pa
     row = json.loads((out / "leaderboard.json").read_text())
     unic = [r for r in row if r["method"] == "unic"][0]
     assert unic["trials"] == 4 and unic["selected_by"] == "selection_score"
+    assert unic["seeds"] == 2 and unic["config_hash"] == record["config_hash"]
