@@ -81,6 +81,7 @@ def ray_cluster():
 # one after another on one pytest-xdist worker: two Ray clusters on a 2-core machine starve each other's
 # timeouts. Those tests mostly wait, so the CPU-bound tests (the digits learning tests, kept
 # together for their module-scoped embedding) run beside them on the other worker.
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("ray") or "ray_cluster" in item.fixturenames:
