@@ -49,6 +49,12 @@ def finite(value: float, mode: str) -> float:
     return float(value) if math.isfinite(value) else pending(mode)
 
 
+def with_metric(metrics: dict[str, Any], name: str, mode: str) -> dict[str, Any]:
+    """``metrics`` with the search metric present and finite (``pending`` until it exists):
+    Tune needs it in every report."""
+    return {**metrics, name: finite(metrics.get(name, pending(mode)), mode)}
+
+
 def _fit_predictions(method: ClusteringMethod, inputs: FitInputs) -> np.ndarray:
     if getattr(method.config, "finetune", False):
         return method.predict_images(inputs.images)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -49,8 +48,7 @@ def train_worker(job: dict[str, Any]) -> None:
 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
         if search:  # Tune needs the metric in every report (TuneReportCallback forwards them)
-            mode = job["search_mode"]
-            metrics = {**metrics, search: objective.finite(metrics.get(search, math.inf), mode)}
+            metrics = objective.with_metric(metrics, search, job["search_mode"])
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if rank == 0:

@@ -57,11 +57,10 @@ def _in_process(job: dict[str, Any]) -> None:
     method, fit_inputs = job_inputs.build(job)
 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
-        value = objective.finite(metrics.get(metric, objective.pending(mode)), mode)
         with tempfile.TemporaryDirectory() as directory:
             torch.save(state, Path(directory) / STATE_FILE)
             tune.report(
-                {**metrics, metric: value},
+                objective.with_metric(metrics, metric, mode),
                 checkpoint=tune.Checkpoint.from_directory(directory),
             )
 

@@ -112,3 +112,9 @@ def test_the_oracle_objective_follows_the_test_labels(tmp_path):
         }
         values.append(objective.trial_objective(_Fixed(pred), {}, job, FitInputs(None, 2, 0)))
     assert values[0] == 1.0 and values[1] < 0.9
+
+
+def test_every_report_carries_a_finite_search_metric():
+    assert objective.with_metric({"loss": 1.0}, "val_acc", "max")["val_acc"] == -objective.WORST
+    assert objective.with_metric({"s": math.inf}, "s", "min") == {"s": objective.WORST}
+    assert objective.with_metric({"s": 0.5}, "s", "min") == {"s": 0.5}
