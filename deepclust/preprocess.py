@@ -5,13 +5,15 @@ normalisation ((x / 255 - mean) / std) runs next to the model (on the GPU when t
 the stages exchange uint8 images (4x smaller than float32). The geometry reproduces timm's eval
 transform exactly: resize the shorter side to ``floor(size / crop_pct)`` with the weights'
 interpolation, then centre-crop ``size`` (tests/deepclust/test_preprocess.py checks this against
-``timm.data.create_transform``).
+``timm.data.create_transform``). :mod:`deepclust.gpu_decode` runs the same geometry on the
+model's device for JPEG bytes.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,8 @@ _PIL_INTERP = {
     "nearest": Image.Resampling.NEAREST,
     "lanczos": Image.Resampling.LANCZOS,
 }
+
+_BYTESIO_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 # Source columns an image batch can carry; exactly one is present.
 SOURCE_COLUMNS = ("pixels", "encoded", "path")
@@ -56,18 +60,31 @@ class Preprocess:
         return math.floor(self.input_size / self.crop_pct)
 
 
-def _resize_crop(img: Image.Image, pp: Preprocess) -> np.ndarray:
-    img = img.convert("RGB")
-    w, h = img.size
-    short, long = (w, h) if w <= h else (h, w)
+def resize_geometry(width: int, height: int, pp: Preprocess) -> tuple[int, int, int, int]:
+    """timm eval geometry of one ``width`` x ``height`` image: ``(new_w, new_h, left, top)``.
+
+    The shorter side becomes ``pp.resize_size`` and the longer one keeps the aspect ratio,
+    truncated to an int (torchvision's ``Resize(int)``, which timm's eval transform uses); then
+    the ``input_size`` square at ``(left, top)`` is cropped. Shared by the PIL path and the device path
+    (:mod:`deepclust.gpu_decode`) so both cut exactly the same pixels.
+    """
+    short, long = (width, height) if width <= height else (height, width)
     new_short = pp.resize_size
     new_long = int(new_short * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), _PIL_INTERP[pp.interpolation])
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
     size = pp.input_size
     top = int(round((new_h - size) / 2.0))
     left = int(round((new_w - size) / 2.0))
+    return new_w, new_h, left, top
+
+
+def _resize_crop(img: Image.Image, pp: Preprocess) -> np.ndarray:
+    img = img.convert("RGB")
+    w, h = img.size
+    new_w, new_h, left, top = resize_geometry(w, h, pp)
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), _PIL_INTERP[pp.interpolation])
+    size = pp.input_size
     img = img.crop((left, top, left + size, top + size))
     return np.asarray(img, dtype=np.uint8)
 
@@ -85,6 +102,24 @@ def open_image(source: Any) -> Image.Image:
         img = Image.fromarray(arr)
     img.load()  # force the decode here so a truncated file fails now, not later
     return img
+
+
+def error_text(exc: BaseException) -> str:
+    """The one-line, at most 200-character reason stored in a batch's ``error`` column.
+
+    PIL names in-memory files by their address (``<_io.BytesIO object at 0x7f..>``); that part
+    becomes ``<encoded bytes>`` so the same bad image gives the same text on every run.
+    """
+    text = _BYTESIO_REPR.sub("<encoded bytes>", f"{type(exc).__name__}: {exc}")
+    return text.replace("\n", " ")[:200]
+
+
+def decode_one(source: Any, preprocess: Preprocess) -> tuple[np.ndarray | None, str]:
+    """One source -> ``((S, S, 3) uint8, "")``, or ``(None, reason)`` when it cannot be read."""
+    try:
+        return _resize_crop(open_image(source), preprocess), ""
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is reported per row
+        return None, error_text(exc)
 
 
 def decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess) -> dict[str, np.ndarray]:
@@ -106,18 +141,35 @@ def decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess) -> dict[s
     images = np.zeros((n, size, size, 3), dtype=np.uint8)
     errors = np.full(n, "", dtype=object)
     for i in range(n):
-        try:
-            images[i] = _resize_crop(open_image(sources[i]), preprocess)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is reported per row
-            errors[i] = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:200]
+        image, errors[i] = decode_one(sources[i], preprocess)
+        if image is not None:
+            images[i] = image
     return {"idx": batch["idx"], "label": batch["label"], "image": images, "error": errors}
 
 
-def normalize_images(images: Any, preprocess: Preprocess) -> Any:
-    """uint8 (B,H,W,3) torch tensor -> float (B,3,H,W) normalised, channels-last memory."""
+def normalization_stats(preprocess: Preprocess, device: Any = "cpu") -> tuple[Any, Any]:
+    """The weights' ``(mean, std)`` as (1, 3, 1, 1) float32 tensors on ``device``.
+
+    Built once by a caller that normalises many batches on a GPU: making them per batch
+    (``torch.tensor(..., device="cuda")``) is a pageable host-to-device copy that waits for the
+    whole stream, which would stall a pipelined embedder behind the previous forward pass.
+    """
+    import torch
+
+    mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
+    return mean, std
+
+
+def normalize_images(
+    images: Any, preprocess: Preprocess, stats: tuple[Any, Any] | None = None
+) -> Any:
+    """uint8 (B,H,W,3) torch tensor -> float (B,3,H,W) normalised, channels-last memory.
+
+    ``stats``: :func:`normalization_stats` on the images' device, to reuse across batches.
+    """
     import torch
 
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(preprocess.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess.std, device=x.device).view(1, 3, 1, 1)
+    mean, std = stats if stats is not None else normalization_stats(preprocess, x.device)
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
