@@ -49,6 +49,10 @@ class SweepSettings:
     setting: str = "clustering"  # clustering | gcd
     gcd_labelled_frac: float = 0.5  # of the Old-class images (spec gcd 1.1)
     gcd_val_frac: float = 0.0  # of each Old class's labelled images, held out for selection
+    # Ray Train workers ask for a GPU each when the cluster has GPUs; False keeps them on CPU
+    # (gloo), e.g. while the GPUs are busy, or on a cluster that advertises GPUs it has not got
+    # (the simulated multi-node cluster of tests/orchestrator/test_multinode.py)
+    train_on_gpu: bool = True
 
 
 @dataclass(frozen=True)
@@ -236,11 +240,12 @@ def run_method(
         # Ray caps a 1-CPU worker at one thread; trials run one at a time here, so on CPU each
         # worker may use its share of the node (as the embedding actors do)
         workers = max(1, run.workers)
-        job["cpu_threads"] = 0 if resources.gpus else max(1, resources.cpus // workers)
+        use_gpu = resources.gpus > 0 and settings.train_on_gpu
+        job["cpu_threads"] = 0 if use_gpu else max(1, resources.cpus // workers)
         predictions, diagnostics = ray_train.train(
             job,
             workers,
-            resources.gpus > 0,
+            use_gpu,
             store.root / "ray",
             name=f"{run.method}-{splits.fit.split}-seed{run.seed}-{key[:10]}",
         )
@@ -440,16 +445,18 @@ def _run_task(run: MethodRun, shared: tuple) -> dict[str, Any]:
     return run_method(run, splits, fit_emb, eval_emb, neighbors, settings, store, None, gcd=gcd)
 
 
-def _run_in_parallel(runs: list[MethodRun], args: tuple, gcd) -> list[dict[str, Any]]:
-    """The seeds of a head trained on cached embeddings, as 1-CPU Ray tasks side by side (on
-    a machine without GPUs; one torch thread each beats one run on every core for heads this
-    small). The inputs go to the object store once; each task writes its run folder as the
-    driver would (cached runs return at once)."""
+def _run_in_parallel(
+    runs: list[MethodRun], args: tuple, gcd, gpus: int = 0
+) -> list[dict[str, Any]]:
+    """The seeds of a head trained on cached embeddings, as Ray tasks side by side: one GPU
+    each when the cluster has GPUs, else one CPU each (one torch thread per run beats one run
+    on every core for heads this small). The inputs go to the object store once; each task
+    writes its run folder as the driver would (cached runs return at once)."""
     import ray
 
     splits, fit_emb, eval_emb, neighbors, settings, store, _ = args
     shared = ray.put((splits, fit_emb, eval_emb, neighbors, settings, store, gcd))
-    task = ray.remote(num_cpus=1)(_run_task)
+    task = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0)(_run_task)
     results = ray.get([task.remote(r, shared) for r in runs])
     for r in results:
         log.info(
@@ -490,7 +497,12 @@ def _search_and_run(
     from search_spaces import fidelity_overrides, is_empty
 
     method_cls = METHODS.get(method)
-    workers = 1 if ray_session.resources().gpus else 0
+    # Heads on cached embeddings train in a Ray task per seed (on a GPU when there is one);
+    # Ray Train is for finetuning, where DDP pays (a 1-worker TorchTrainer per seed would add
+    # a controller and a placement group for no parallelism). A finetune config still goes
+    # through Ray Train in run_method.
+    gpus = ray_session.resources().gpus
+    workers = 0
     args = (splits, fit_emb, eval_emb, neighbors, settings, store, ray_session)
     parent_cfg: dict[str, Any] = {}
     if method_cls.starts_from:
@@ -538,8 +550,9 @@ def _search_and_run(
         MethodRun(method, seed, outcome.config, workers, None, parent_cfg)
         for seed in settings.seeds
     ]
-    if workers == 0 and method_cls.trainable and len(runs) > 1:
-        results = _run_in_parallel(runs, args, gcd)
+    finetune = bool(outcome.config.get("finetune"))
+    if method_cls.trainable and not finetune and (gpus or len(runs) > 1):
+        results = _run_in_parallel(runs, args, gcd, gpus)
     else:
         results = [run_method(r, *args, gcd=gcd) for r in runs]
     if key is not None:

@@ -51,7 +51,7 @@ class RaySession:
         self._resources: ClusterResources | None = None
 
     def resources(self) -> ClusterResources:
-        if self._resources is None:
+        if self._resources is None or not ray.is_initialized():  # (re)joins after a shutdown
             self._resources = init_ray(self._address, self._num_cpus)
         return self._resources
 

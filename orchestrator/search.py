@@ -9,7 +9,8 @@ Design (shared/spec/ray-notes.md sections 5-8):
   define-by-run space Tune's own metric/mode never reach it).
 * ASHA stops trials early only for methods whose loop reports the search objective at every
   report (``reports_objective``, UNIC); the others report it once, at the end, and run FIFO.
-* Trials train in their own process (heads on cached embeddings) or, with
+* Trials train in their own process (heads on cached embeddings, on the trial's GPU when the
+  cluster has GPUs) or, with
   ``trial_workers >= 1``, through Ray Train inside the trial (trainables/tune_trial.py);
   ``max_concurrent_trials`` comes from the cluster's GPUs or CPUs per trial, since Tune only
   reserves the trial driver's resources (Train asks for its workers later).
@@ -93,6 +94,8 @@ def _concurrency(resources, opts: SearchOptions, budget: int) -> tuple[int, dict
         else:
             slots = int(resources.cpus // (opts.trial_workers + 0.5))
         return max(1, min(budget, slots)), {"CPU": 0.5}, 0
+    if resources.gpus:  # one GPU per trial: the head trains on it (trainables/loop.py)
+        return max(1, min(budget, resources.gpus)), {"CPU": 1, "GPU": 1}, 0
     slots = max(1, min(budget, resources.cpus))
     return slots, {"CPU": 1}, max(1, resources.cpus // slots)
 

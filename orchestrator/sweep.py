@@ -223,6 +223,7 @@ def _settings(args: argparse.Namespace, explicit_root: bool):
         batch_size=args.batch_size,
         setting=setting,
         gcd_val_frac=args.gcd_val_frac,
+        train_on_gpu=not getattr(args, "cpu_workers", False),
     )
 
 

@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         "process, without Ray Train",
     )
     p.add_argument(
+        "--cpu-workers",
+        action="store_true",
+        help="Ray Train workers on CPU (gloo) even where the cluster has GPUs",
+    )
+    p.add_argument(
         "--epochs", type=int, default=None, help="training epochs (finetune epochs with --finetune)"
     )
     p.add_argument(

@@ -55,13 +55,19 @@ class LoopHooks:
     # report(metrics, state): state is the checkpoint payload for this epoch
     report: Callable[[dict[str, Any], dict[str, Any]], None] = lambda metrics, state: None
     resume_state: dict[str, Any] | None = None
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # the GPU this process may see (a Ray task or Tune trial holding one), else the CPU: a
+    # process given no GPU by Ray sees none (Ray sets CUDA_VISIBLE_DEVICES for its workers)
+    device: torch.device = field(default_factory=lambda: default_device())
     world_rank: int = 0
     world_size: int = 1
     # a search asks for the method's search objective at every report (methods with
     # ``reports_objective`` then set ``evaluate``); evaluate(model) -> metrics to merge
     want_objective: bool = False
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:
