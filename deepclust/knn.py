@@ -24,7 +24,10 @@ from deepclust.errors import UserError
 log = logging.getLogger(__name__)
 
 DEFAULT_TILE_BYTES = 256 * 2**20
-BACKENDS = ("auto", "faiss", "torch")
+# "stream" (deepclust.knn_stream, used by the orchestrator's mining stage): query x database
+# blocks read from a feature file, memory bounded whatever N; bf16 tiles + certified fp32
+# re-score on CUDA. knn_search itself serves the in-memory backends.
+BACKENDS = ("auto", "faiss", "torch", "stream")
 
 
 def _faiss():
@@ -49,8 +52,8 @@ def resolve_backend(backend: str) -> tuple[str, str]:
                 "(or the 'gpu' extra), or use --knn-backend torch"
             )
         return "faiss", "cuda" if faiss_gpu else "cpu"
-    if backend == "torch":
-        return "torch", "cuda" if cuda else "cpu"
+    if backend in ("torch", "stream"):
+        return backend, "cuda" if cuda else "cpu"
     if faiss_gpu:
         return "faiss", "cuda"
     if cuda:

@@ -1,8 +1,18 @@
 """kNN mining stage: exact cosine top-kmax of every embedding, sharded over Ray tasks.
 
-The database is replicated (one ``ray.put``) and the queries are split into ``shards``
-contiguous ranges, each searched by a remote task (on a GPU when the cluster has one), so no
-merge is needed. Mined once with ``kmax``; methods slice ``[:, :k]``, so ``k`` stays a free
+The queries are split into ``shards`` contiguous ranges, each searched by a remote task (on a
+GPU when the cluster has one), so no merge is needed. Two ways to reach the database:
+
+* in memory (``faiss``/``torch``; ``auto`` on CPU for databases up to ``STREAM_ABOVE_BYTES``):
+  replicated once with ``ray.put``;
+* streamed (``stream``; ``auto`` on GPU clusters and for larger databases): the driver writes
+  the features to one ``.npy`` in the stage's temporary folder (under ``--output``, shared
+  storage on clusters), and each shard runs :func:`deepclust.knn_stream.mine_knn_npy` on its
+  query range: query x database blocks in a fixed memory budget, neighbours appended to the
+  shard's own ``.npy`` block by block (peak-memory formula: ``deepclust/knn_stream.py``). On
+  CUDA the tiles are bf16 GEMMs whose candidates are re-scored in fp32 and certified exact
+  row by row.
+ Mined once with ``kmax``; methods slice ``[:, :k]``, so ``k`` stays a free
 hyperparameter. Neighbour precision (label agreement, a diagnostic only) goes into the meta.
 """
 
@@ -11,6 +21,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -20,6 +31,15 @@ from deepclust.knn import check_k, knn_search, neighbor_precision, resolve_backe
 from orchestrator.ray_env import ClusterResources, RaySession
 
 log = logging.getLogger(__name__)
+
+# auto streams a database larger than this from a file instead of replicating it in memory
+STREAM_ABOVE_BYTES = 2 * 2**30
+
+
+def use_stream(backend: str, nbytes: int, res: ClusterResources) -> bool:
+    return backend == "stream" or (
+        backend == "auto" and (res.gpus > 0 or nbytes > STREAM_ABOVE_BYTES)
+    )
 
 
 @ray.remote
@@ -40,6 +60,57 @@ def _search_shard(
     )
 
 
+@ray.remote
+def _stream_shard(
+    features: str, start: int, stop: int, k: int, out_dir: str, num_threads: int
+) -> dict:
+    import torch
+
+    from deepclust.knn_stream import mine_knn_npy
+
+    torch.set_num_threads(num_threads)
+    cuda = torch.cuda.is_available()  # the task's GPU, when Ray gave it one
+    stats = mine_knn_npy(
+        features,
+        k,
+        f"{out_dir}/ids_{start:012d}.npy",
+        f"{out_dir}/sims_{start:012d}.npy",
+        start=start,
+        stop=stop,
+        device="cuda" if cuda else "cpu",
+        precision="bf16" if cuda else "fp32",
+        normalize=False,  # stored embeddings are unit norm
+    )
+    return stats.as_dict()
+
+
+def _shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
+    bounds = np.linspace(0, n, shards + 1).astype(int)
+    return [(int(s), int(e)) for s, e in zip(bounds[:-1], bounds[1:], strict=True) if e > s]
+
+
+def streamed_knn(
+    features: np.ndarray, k: int, shards: int, res: ClusterResources, work: Path
+) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Self-excluded top-k over ``shards`` Ray tasks streaming from ``work/features.npy``
+    (``work`` must be visible to every node); also each shard's :class:`KnnStats` dict."""
+    from deepclust.knn_stream import write_features_npy
+
+    n = len(features)
+    check_k(n, k)
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "features.npy"
+    write_features_npy(path, features)
+    cpus = max(1, res.cpus // shards) if not res.gpus else 1
+    task = _stream_shard.options(num_cpus=cpus, num_gpus=1 if res.gpus else 0)
+    parts = _shard_bounds(n, shards)
+    stats = ray.get([task.remote(str(path), s, e, k, str(work), cpus) for s, e in parts])
+    nbr = np.concatenate([np.load(work / f"ids_{s:012d}.npy") for s, _ in parts])
+    sim = np.concatenate([np.load(work / f"sims_{s:012d}.npy") for s, _ in parts])
+    shutil.rmtree(work)
+    return nbr, sim, stats
+
+
 def sharded_knn(
     features: np.ndarray, k: int, shards: int, backend: str, res: ClusterResources
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -48,14 +119,9 @@ def sharded_knn(
     check_k(n, k)  # in the driver: a clean error before any task starts
     resolve_backend(backend)
     db_ref = ray.put(np.ascontiguousarray(features, dtype=np.float32))
-    bounds = np.linspace(0, n, shards + 1).astype(int)
     cpus = max(1, res.cpus // shards) if not res.gpus else 1
     task = _search_shard.options(num_cpus=cpus, num_gpus=1 if res.gpus else 0)
-    refs = [
-        task.remote(db_ref, int(s), int(e), k, backend, cpus)
-        for s, e in zip(bounds[:-1], bounds[1:], strict=True)
-        if e > s
-    ]
+    refs = [task.remote(db_ref, s, e, k, backend, cpus) for s, e in _shard_bounds(n, shards)]
     parts = ray.get(refs)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
@@ -83,12 +149,24 @@ def ensure_neighbors(
     check_k(len(emb.features), kmax)
     res = ray_session.resources()
     shards = shards or max(1, res.gpus)
-    t0 = time.perf_counter()
-    nbr, sim = sharded_knn(emb.features, kmax, shards, backend, res)
-    seconds = time.perf_counter() - t0
-    precision = neighbor_precision(emb.labels, nbr)
+    resolve_backend(backend)
+    streamed = use_stream(backend, emb.features.nbytes, res)
     tmp = store.begin(directory)
+    extra = {}
     try:
+        t0 = time.perf_counter()
+        if streamed:
+            nbr, sim, stats = streamed_knn(emb.features, kmax, shards, res, tmp / "stream")
+            backend = "stream"
+            extra = {
+                "knn_precision": stats[0]["precision"],
+                "fallback_rows": sum(s["fallback_rows"] for s in stats),
+                "predicted_peak_bytes_per_shard": max(s["predicted_peak_bytes"] for s in stats),
+            }
+        else:
+            nbr, sim = sharded_knn(emb.features, kmax, shards, backend, res)
+        seconds = time.perf_counter() - t0
+        precision = neighbor_precision(emb.labels, nbr)
         store.write_neighbors(tmp, nbr, sim)
         meta = store.commit(
             tmp,
@@ -99,15 +177,17 @@ def ensure_neighbors(
             shards=shards,
             backend=backend,
             seconds=round(seconds, 2),
+            **extra,
             **precision,
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info(
-        "neighbors k=%d: %d rows in %.1fs, %s",
+        "neighbors k=%d: %d rows in %.1fs (%s), %s",
         kmax,
         len(nbr),
         seconds,
+        backend,
         ", ".join(f"{k}={v:.3f}" for k, v in precision.items()),
     )
     return nbr, {**meta, "path": str(directory)}

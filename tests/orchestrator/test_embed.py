@@ -1,5 +1,7 @@
 """The Ray Data embedding stage on tiny on-disk datasets (one local Ray per session)."""
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -18,11 +20,21 @@ def _load(path):
     return resolve_dataset(f"parquet:{path}").load("all", path.parent, False)
 
 
-def test_embeds_every_row_in_idx_order_and_matches_the_standalone_embedder(
-    ray_cluster, tiny_parquet, tmp_path
-):
-    ds = _load(tiny_parquet)
-    emb = ensure_embeddings(ds, OPTS, ArtifactStore(tmp_path / "out"), ray_cluster)
+@pytest.fixture(scope="module")
+def embedded(ray_cluster, tmp_path_factory):
+    """One Ray Data run shared by the tests below (each run costs ~30 s on 2 cores)."""
+    from tests.conftest import make_images, write_image_parquet
+
+    root = tmp_path_factory.mktemp("embed")
+    images, labels = make_images(24)
+    path = write_image_parquet(root / "tiny.parquet", images, labels)
+    store = ArtifactStore(root / "out")
+    ds = _load(path)
+    return ds, store, ensure_embeddings(ds, OPTS, store, ray_cluster)
+
+
+def test_embeds_every_row_in_idx_order_and_matches_the_standalone_embedder(embedded):
+    ds, _, emb = embedded
     assert emb.features.shape == (24, 1280)
     np.testing.assert_array_equal(emb.labels, ds.labels)
     # same numbers as running the decode + embed classes by hand, without Ray
@@ -37,26 +49,26 @@ def test_embeds_every_row_in_idx_order_and_matches_the_standalone_embedder(
     assert (ds.labels[sims.argmax(1)] == ds.labels).mean() > 0.9
 
 
-def test_second_run_reuses_the_cache(ray_cluster, tiny_parquet, tmp_path, monkeypatch):
-    store = ArtifactStore(tmp_path / "out")
-    first = ensure_embeddings(_load(tiny_parquet), OPTS, store, ray_cluster)
+def test_second_run_reuses_the_cache(ray_cluster, embedded, monkeypatch):
+    ds, store, first = embedded
 
     def boom(*args, **kwargs):
         raise AssertionError("pipeline ran although the cache was valid")
 
     monkeypatch.setattr(embed_mod, "_run_pipeline", boom)
-    second = ensure_embeddings(_load(tiny_parquet), OPTS, store, ray_cluster)
+    second = ensure_embeddings(ds, OPTS, store, ray_cluster)
     np.testing.assert_array_equal(first.features, second.features)
     assert first.meta["created"] == second.meta["created"]
 
 
-def test_truncated_cache_file_is_rebuilt(ray_cluster, tiny_parquet, tmp_path):
+def test_truncated_cache_file_is_rebuilt(ray_cluster, embedded, tmp_path):
+    ds, shared_store, first = embedded
+    shutil.copytree(shared_store.root, tmp_path / "out")  # the shared cache stays intact
     store = ArtifactStore(tmp_path / "out")
-    ds = _load(tiny_parquet)
-    first = ensure_embeddings(ds, OPTS, store, ray_cluster)
     directory = store.embeddings_dir(ds.name, ds.split, OPTS.backbone)
     part = next(directory.glob("*.parquet"))
     part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    assert store.check(directory, first.meta["key"]) is not None  # the damage is seen
     rebuilt = ensure_embeddings(ds, OPTS, store, ray_cluster)
     np.testing.assert_allclose(rebuilt.features, first.features, atol=1e-6)
     assert store.check(directory, rebuilt.meta["key"]) is None

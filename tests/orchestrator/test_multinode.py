@@ -127,7 +127,7 @@ def _placements(cluster: Cluster, timeout: float = 30.0) -> dict[str, set[str]]:
             elif "run_trial" in a.class_name or "ImplicitFunc" in a.class_name:
                 out["trial"].add(a.node_id)
         for t in tasks:
-            if t.name.endswith("_search_shard") and t.state == "FINISHED":
+            if t.name.endswith(("_search_shard", "_stream_shard")) and t.state == "FINISHED":
                 out["shard"].add(t.node_id)
             elif t.name.endswith("_run_task") and t.state == "FINISHED":
                 out["seed"].add(t.node_id)

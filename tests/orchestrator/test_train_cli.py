@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.ray
+# the bad-input tests fail before Ray starts, so only the others are marked (one Ray worker)
 
 
 def train_cmd(parquet, out, *extra):
@@ -40,6 +40,7 @@ def _metrics(out):
     return json.loads(path.read_text())
 
 
+@pytest.mark.ray
 def test_cached_mode_run_writes_the_sweep_artifacts(tiny_parquet, tmp_path):
     out = tmp_path / "out"
     # relative --output and dataset path from another cwd: Ray workers must get absolute paths
@@ -88,6 +89,7 @@ def test_bad_stage_or_mode_is_a_one_line_error(tiny_parquet, tmp_path, method, a
     assert fragment in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.ray
 def test_ddp_finetune_resumes_after_the_process_is_killed(tiny_parquet, tmp_path):
     out = tmp_path / "out"
     cmd = train_cmd(
@@ -140,6 +142,7 @@ def test_ddp_finetune_resumes_after_the_process_is_killed(tiny_parquet, tmp_path
     assert "resumed from the end of epoch" in second.stderr + second.stdout
 
 
+@pytest.mark.ray
 def test_selflabel_stage_starts_from_the_scan_run(tiny_parquet, tmp_path):
     """A staged method trains (or reuses) its parent run and starts from its saved state."""
     out = tmp_path / "out"
