@@ -192,3 +192,53 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(parquets, tmp_pa
     unic = [r for r in row if r["method"] == "unic"][0]
     assert unic["trials"] == 4 and unic["selected_by"] == "selection_score"
     assert unic["seeds"] == 2 and unic["config_hash"] == record["config_hash"]
+
+
+def test_a_trial_with_a_nan_loss_is_reported_once_and_the_sweep_goes_on(
+    ray_cluster, parquets, tmp_path, monkeypatch, caplog
+):
+    """Every UNIC trial gets an infinite weight decay (a fixed override beside the searched
+    fields, as the fidelity's are): its first update makes the head NaN, the loop stops at the
+    next step with its one-line reason, each trial is reported once, and the sweep goes on
+    with the next method."""
+    import logging
+
+    from orchestrator import search
+
+    real = search.fidelity_overrides
+
+    def poisoned(method, fidelity):
+        base = real(method, fidelity)
+        return {**base, "weight_decay": float("inf")} if method == "unic" else base
+
+    monkeypatch.setattr(search, "fidelity_overrides", poisoned)
+    caplog.set_level(logging.WARNING, logger="orchestrator")
+    out = tmp_path / "out"
+    settings = SweepSettings(
+        data_root=out,
+        download=False,
+        output=out,
+        backbone=DEFAULT_BACKBONE,
+        weights_file=None,
+        methods=("unic", "kmeans"),
+        seeds=(0,),
+        kmax=None,
+        knn_backend="auto",
+        knn_shards=1,
+        batch_size=64,
+    )
+    splits = load_splits(resolve_dataset(f"parquet:{parquets[0]}"), settings)
+    failures: list[str] = []
+    results = run_benchmark(
+        splits,
+        settings,
+        ArtifactStore(out),
+        ray_cluster,
+        search=SearchOptions(budget=2, fidelity="smoke"),
+        failures=failures,
+    )
+    assert [r["method"] for r in results] == ["kmeans"]  # the sweep went on
+    assert len(failures) == 1 and "every trial of the unic search failed" in failures[0]
+    trial_lines = [r.getMessage() for r in caplog.records if "search: trial" in r.getMessage()]
+    assert len(trial_lines) == 2, trial_lines  # once per trial
+    assert all("the loss became nan" in line for line in trial_lines), trial_lines
