@@ -43,6 +43,27 @@ def write_image_parquet(path: Path, images: list[bytes], labels: np.ndarray) -> 
     return path
 
 
+def sweep_settings(out: Path, methods=("unic",), seeds=(0,), **overrides):
+    """SweepSettings for in-process pipeline tests: everything under ``out``, default backbone."""
+    from deepclust.backbones import DEFAULT_BACKBONE
+    from orchestrator.pipeline import SweepSettings
+
+    fields = {
+        "data_root": out,
+        "download": False,
+        "output": out,
+        "backbone": DEFAULT_BACKBONE,
+        "weights_file": None,
+        "methods": tuple(methods),
+        "seeds": tuple(seeds),
+        "kmax": None,
+        "knn_backend": "auto",
+        "knn_shards": 1,
+        "batch_size": 64,
+    }
+    return SweepSettings(**{**fields, **overrides})
+
+
 @pytest.fixture
 def tiny_parquet(tmp_path: Path) -> Path:
     images, labels = make_images(24)

@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,7 +28,8 @@ from deepclust.backbones import DEFAULT_BACKBONE
 from deepclust.datasets import resolve_dataset
 from orchestrator import embed as embed_mod
 from orchestrator.ray_env import RaySession, shutdown_ray
-from tests.conftest import REPO, make_images, write_image_parquet
+from tests.conftest import REPO, make_images, sweep_settings, write_image_parquet
+from tests.orchestrator.test_train_cli import train_cmd
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -68,22 +68,9 @@ def _start(workers: int) -> Cluster:
     return cluster
 
 
-def _settings(out: Path, methods=("kmeans", "unic"), seeds=(0, 1)):
-    from orchestrator.pipeline import SweepSettings
-
-    return SweepSettings(
-        data_root=out,
-        download=False,
-        output=out,
-        backbone=DEFAULT_BACKBONE,
-        weights_file=None,
-        methods=methods,
-        seeds=seeds,
-        kmax=None,
-        knn_backend="auto",
-        knn_shards=0,  # one shard per GPU
-        batch_size=8,
-    )
+def _settings(out: Path):
+    # knn_shards 0: one shard per GPU; batches of 8 spread the 48 images over both actors
+    return sweep_settings(out, ("kmeans", "unic"), (0, 1), knn_shards=0, batch_size=8)
 
 
 def _sweep(cluster: Cluster, parquet: Path, out: Path) -> dict:
@@ -229,15 +216,7 @@ def test_train_worker_killed_mid_run_resumes_from_its_checkpoint(multi, parquet)
     GPUs are simulated, so the worker trains on CPU (gloo) rather than asking for one."""
     cluster, out, _ = multi
     cmd = [
-        sys.executable,
-        "-m",
-        "orchestrator.train",
-        "--method",
-        "unic",
-        "--benchmark",
-        f"parquet:{parquet}",
-        "--output",
-        str(out),
+        *train_cmd(parquet, out),
         "--workers",
         "1",
         "--cpu-workers",

@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 
 from deepclust.artifacts import ArtifactStore
-from deepclust.backbones import DEFAULT_BACKBONE
 from deepclust.datasets import resolve_dataset
 from orchestrator.leaderboard import SEARCH_FILE
-from orchestrator.pipeline import SweepSettings, load_splits, run_benchmark
+from orchestrator.pipeline import load_splits, run_benchmark
 from orchestrator.search import SearchOptions
-from tests.conftest import REPO, make_images, write_image_parquet
+from tests.conftest import REPO, make_images, sweep_settings, write_image_parquet
 
 pytestmark = pytest.mark.ray
 
@@ -39,19 +38,7 @@ def parquets(tmp_path_factory):
 
 
 def _search(ray_cluster, parquet, out, opts, methods=("unic",)):
-    settings = SweepSettings(
-        data_root=out,
-        download=False,
-        output=out,
-        backbone=DEFAULT_BACKBONE,
-        weights_file=None,
-        methods=methods,
-        seeds=(0,),
-        kmax=None,
-        knn_backend="auto",
-        knn_shards=1,
-        batch_size=64,
-    )
+    settings = sweep_settings(out, methods)
     splits = load_splits(resolve_dataset(f"parquet:{parquet}"), settings)
     store = ArtifactStore(out)
     results = run_benchmark(splits, settings, store, ray_cluster, search=opts)
@@ -89,7 +76,9 @@ def test_train_in_tune_with_asha_finishes(ray_cluster, parquets, tmp_path):
 def test_no_objective_reads_labels_without_oracle(ray_cluster, parquets, tmp_path):
     """Same images, true vs shuffled labels: every trial scores the same and the same config
     is chosen. (With --oracle the scores follow the labels: tests/trainables/test_objective.py.)"""
-    opts = SearchOptions(budget=3, fidelity="smoke")
+    # FIFO: the rung at which ASHA stops a trial depends on when the other trials' reports
+    # arrive (timing), which would change a trial's last score between two identical searches
+    opts = SearchOptions(budget=3, fidelity="smoke", asha=False)
     runs = {}
     for which, parquet in zip(("true", "shuffled"), parquets, strict=True):
         _, runs[which] = _search(ray_cluster, parquet, tmp_path / which, opts)
@@ -214,19 +203,7 @@ def test_a_trial_with_a_nan_loss_is_reported_once_and_the_sweep_goes_on(
     monkeypatch.setattr(search, "fidelity_overrides", poisoned)
     caplog.set_level(logging.WARNING, logger="orchestrator")
     out = tmp_path / "out"
-    settings = SweepSettings(
-        data_root=out,
-        download=False,
-        output=out,
-        backbone=DEFAULT_BACKBONE,
-        weights_file=None,
-        methods=("unic", "kmeans"),
-        seeds=(0,),
-        kmax=None,
-        knn_backend="auto",
-        knn_shards=1,
-        batch_size=64,
-    )
+    settings = sweep_settings(out, ("unic", "kmeans"))
     splits = load_splits(resolve_dataset(f"parquet:{parquets[0]}"), settings)
     failures: list[str] = []
     results = run_benchmark(

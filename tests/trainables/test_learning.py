@@ -31,7 +31,14 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
+    import torch
+
     from deepclust.datasets import resolve_dataset
+
+    # one core for these CPU-bound tests, the other for the Ray tests that run beside them on
+    # the other pytest-xdist worker (tests/conftest.py): with both cores busy here, Ray's own
+    # processes starve and the Ray tests take 2-4x longer
+    torch.set_num_threads(1)
     from deepclust.embedder import Embedder
     from deepclust.preprocess import decode_batch
 
