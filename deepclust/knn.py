@@ -39,7 +39,7 @@ def _faiss():
 
 
 def resolve_backend(backend: str) -> tuple[str, str]:
-    """(backend, device) actually used for ``backend`` in {auto, faiss, torch}."""
+    """(backend, device) actually used for ``backend`` in {auto, faiss, torch, stream}."""
     if backend not in BACKENDS:
         raise UserError(f"unknown knn backend '{backend}'; valid: {', '.join(BACKENDS)}")
     faiss = _faiss()
@@ -134,6 +134,11 @@ def knn_search(
     Returns:
         ``(indices (nq, k) int64, similarities (nq, k) float32)``, sorted by similarity desc.
     """
+    if backend == "stream":
+        raise UserError(
+            "knn backend 'stream' reads a feature file (deepclust.knn_stream.mine_knn_npy, used "
+            "by the mining stage); knn_search takes auto, faiss or torch"
+        )
     n = len(database)
     check_k(n, k, exclude_self=query_ids is not None)
     if normalize:

@@ -69,7 +69,9 @@ def _stream_shard(
     from deepclust.knn_stream import mine_knn_npy
 
     torch.set_num_threads(num_threads)
-    cuda = torch.cuda.is_available()  # the task's GPU, when Ray gave it one
+    # a GPU only when Ray gave this task one: Ray leaves CUDA_VISIBLE_DEVICES alone for
+    # num_gpus=0 tasks, so torch may see GPUs that other tasks hold
+    cuda = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
     stats = mine_knn_npy(
         features,
         k,
@@ -101,7 +103,7 @@ def streamed_knn(
     work.mkdir(parents=True, exist_ok=True)
     path = work / "features.npy"
     write_features_npy(path, features)
-    cpus = max(1, res.cpus // shards) if not res.gpus else 1
+    cpus = res.task_cpus(shards) if not res.gpus else 1
     task = _stream_shard.options(num_cpus=cpus, num_gpus=1 if res.gpus else 0)
     parts = _shard_bounds(n, shards)
     stats = ray.get([task.remote(str(path), s, e, k, str(work), cpus) for s, e in parts])
@@ -119,7 +121,7 @@ def sharded_knn(
     check_k(n, k)  # in the driver: a clean error before any task starts
     resolve_backend(backend)
     db_ref = ray.put(np.ascontiguousarray(features, dtype=np.float32))
-    cpus = max(1, res.cpus // shards) if not res.gpus else 1
+    cpus = res.task_cpus(shards) if not res.gpus else 1
     task = _search_shard.options(num_cpus=cpus, num_gpus=1 if res.gpus else 0)
     refs = [task.remote(db_ref, s, e, k, backend, cpus) for s, e in _shard_bounds(n, shards)]
     parts = ray.get(refs)
@@ -159,7 +161,7 @@ def ensure_neighbors(
             nbr, sim, stats = streamed_knn(emb.features, kmax, shards, res, tmp / "stream")
             backend = "stream"
             extra = {
-                "knn_precision": stats[0]["precision"],
+                "knn_precision": ",".join(sorted({s["precision"] for s in stats})),
                 "fallback_rows": sum(s["fallback_rows"] for s in stats),
                 "predicted_peak_bytes_per_shard": max(s["predicted_peak_bytes"] for s in stats),
             }
@@ -174,7 +176,7 @@ def ensure_neighbors(
             key,
             rows=len(nbr),
             kmax=kmax,
-            shards=shards,
+            shards=len(_shard_bounds(len(nbr), shards)),
             backend=backend,
             seconds=round(seconds, 2),
             **extra,

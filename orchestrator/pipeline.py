@@ -241,7 +241,7 @@ def run_method(
         # worker may use its share of the node (as the embedding actors do)
         workers = max(1, run.workers)
         use_gpu = resources.gpus > 0 and settings.train_on_gpu
-        job["cpu_threads"] = 0 if use_gpu else max(1, resources.cpus // workers)
+        job["cpu_threads"] = 0 if use_gpu else resources.task_cpus(workers)
         predictions, diagnostics = ray_train.train(
             job,
             workers,

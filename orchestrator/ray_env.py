@@ -20,6 +20,14 @@ log = logging.getLogger(__name__)
 class ClusterResources:
     cpus: int
     gpus: int
+    # CPUs of the largest node: one task can never ask for more (cluster totals would leave it
+    # unschedulable on a multi-node CPU cluster); 0 means "as many as the totals"
+    node_cpus: int = 0
+
+    def task_cpus(self, tasks: int) -> int:
+        """CPUs for each of ``tasks`` tasks that share the cluster's CPUs (>= 1, <= a node's)."""
+        share = max(1, self.cpus // max(1, tasks))
+        return min(share, self.node_cpus) if self.node_cpus else share
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> ClusterResources:
@@ -33,7 +41,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> Cluster
         if url:  # on a cluster: `ray dashboard cluster.yaml` forwards it to this machine
             log.info("ray dashboard: http://%s", url.removeprefix("http://"))
     res = ray.cluster_resources()
-    out = ClusterResources(cpus=int(res.get("CPU", 1)), gpus=int(res.get("GPU", 0)))
+    per_node = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    out = ClusterResources(
+        cpus=int(res.get("CPU", 1)),
+        gpus=int(res.get("GPU", 0)),
+        node_cpus=max(1, int(max(per_node, default=res.get("CPU", 1)))),
+    )
     log.info("ray: %d CPUs, %d GPUs", out.cpus, out.gpus)
     return out
 

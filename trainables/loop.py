@@ -55,8 +55,9 @@ class LoopHooks:
     # report(metrics, state): state is the checkpoint payload for this epoch
     report: Callable[[dict[str, Any], dict[str, Any]], None] = lambda metrics, state: None
     resume_state: dict[str, Any] | None = None
-    # the GPU this process may see (a Ray task or Tune trial holding one), else the CPU: a
-    # process given no GPU by Ray sees none (Ray sets CUDA_VISIBLE_DEVICES for its workers)
+    # CUDA when this process sees a GPU, else the CPU. Ray narrows CUDA_VISIBLE_DEVICES to the
+    # GPUs it gave a task or trial; a process Ray gave none (or the driver) sees the machine's.
+    # Runs that must stay off a GPU pass device explicitly.
     device: torch.device = field(default_factory=lambda: default_device())
     world_rank: int = 0
     world_size: int = 1

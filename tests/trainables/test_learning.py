@@ -38,6 +38,7 @@ def digits(tmp_path_factory):
     # one core for these CPU-bound tests, the other for the Ray tests that run beside them on
     # the other pytest-xdist worker (tests/conftest.py): with both cores busy here, Ray's own
     # processes starve and the Ray tests take 2-4x longer
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     from deepclust.embedder import Embedder
     from deepclust.preprocess import decode_batch
@@ -55,7 +56,8 @@ def digits(tmp_path_factory):
     nbr = knn_self(feats, 50)[0]
     kmeans = METHODS.get("kmeans")(METHODS.get("kmeans").Config())
     kmeans.fit(FitInputs(feats, 10, 0))
-    return feats, labels, nbr, hungarian_acc(labels, kmeans.predict(feats))
+    yield feats, labels, nbr, hungarian_acc(labels, kmeans.predict(feats))
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name,overrides,margin", CASES, ids=[c[0] for c in CASES])
