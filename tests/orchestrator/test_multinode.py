@@ -114,7 +114,7 @@ def _placements(cluster: Cluster, timeout: float = 30.0) -> dict[str, set[str]]:
     head alone), since task events reach the state API a moment after the task ends."""
     expected = {n.node_id for n in cluster.worker_nodes} or {cluster.head_node.node_id}
     deadline = time.monotonic() + timeout
-    while True:  # task events reach the state API a moment after the task ends
+    while True:
         actors = state.list_actors(address=cluster.address, limit=10_000, detail=True)
         tasks = state.list_tasks(address=cluster.address, limit=10_000, detail=True)
         out: dict[str, set[str]] = {"embed": set(), "trial": set(), "shard": set(), "seed": set()}
