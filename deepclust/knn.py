@@ -38,18 +38,37 @@ def _faiss():
     return faiss
 
 
-def resolve_backend(backend: str) -> tuple[str, str]:
-    """(backend, device) actually used for ``backend`` in {auto, faiss, torch, stream}."""
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_backend(backend: str, device: str = "auto") -> tuple[str, str]:
+    """(backend, device) actually used for ``backend`` in {auto, faiss, torch, stream}.
+
+    ``device="auto"`` takes CUDA whenever torch (or faiss) sees a GPU; ``"cpu"`` never does
+    (a Ray task that was not given a GPU must not use one another task holds); ``"cuda"``
+    insists on it.
+    """
     if backend not in BACKENDS:
         raise UserError(f"unknown knn backend '{backend}'; valid: {', '.join(BACKENDS)}")
+    if device not in DEVICES:
+        raise UserError(f"unknown knn device '{device}'; valid: {', '.join(DEVICES)}")
     faiss = _faiss()
     faiss_gpu = faiss is not None and hasattr(faiss, "knn_gpu") and faiss.get_num_gpus() > 0
     cuda = torch.cuda.is_available()
+    if device == "cuda" and not cuda:
+        raise UserError("knn device 'cuda' requested but torch sees no GPU; use device 'cpu'")
+    if device == "cpu":
+        faiss_gpu = cuda = False
     if backend == "faiss":
         if faiss is None:
             raise UserError(
                 "knn backend 'faiss' needs faiss: pip install faiss-cpu "
                 "(or the 'gpu' extra), or use --knn-backend torch"
+            )
+        if device == "cuda" and not faiss_gpu:
+            raise UserError(
+                "knn backend 'faiss' on 'cuda' needs a GPU build of faiss (the 'gpu' extra), "
+                "or use --knn-backend torch"
             )
         return "faiss", "cuda" if faiss_gpu else "cpu"
     if backend in ("torch", "stream"):
@@ -115,6 +134,7 @@ def knn_search(
     *,
     query_ids: np.ndarray | None = None,
     backend: str = "auto",
+    device: str = "auto",
     max_tile_bytes: int = DEFAULT_TILE_BYTES,
     normalize: bool = True,
     progress: bool = False,
@@ -128,6 +148,7 @@ def knn_search(
         query_ids: (nq,) database index of each query; that index is excluded from its own
             result (self-exclusion for mining a set against itself).
         backend: ``auto``, ``faiss`` or ``torch``.
+        device: ``auto`` (CUDA when visible), ``cpu`` or ``cuda``; see :func:`resolve_backend`.
         max_tile_bytes: cap on the (block, N) float32 similarity tile.
         normalize: L2-normalise inputs (cosine); False if already unit norm.
 
@@ -145,7 +166,7 @@ def knn_search(
         queries, database = l2_normalize(queries), l2_normalize(database)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     database = np.ascontiguousarray(database, dtype=np.float32)
-    name, device = resolve_backend(backend)
+    name, device = resolve_backend(backend, device)
     search = (_faiss_search if name == "faiss" else _torch_search)(device, database)
     k_search = k + 1 if query_ids is not None else k
     block = int(np.clip(max_tile_bytes // (4 * max(n, 1)), 1, 65536))

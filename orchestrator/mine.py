@@ -42,6 +42,15 @@ def use_stream(backend: str, nbytes: int, res: ClusterResources) -> bool:
     )
 
 
+def _task_device() -> str:
+    """The device a mining task may use: a GPU only when Ray gave the task one. Ray leaves
+    CUDA_VISIBLE_DEVICES alone for num_gpus=0 tasks, so torch may see GPUs other tasks hold;
+    both shard kinds decide with this one rule."""
+    import torch
+
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
 @ray.remote
 def _search_shard(
     db: np.ndarray, start: int, stop: int, k: int, backend: str, num_threads: int
@@ -56,7 +65,13 @@ def _search_shard(
     except ImportError:
         pass
     return knn_search(
-        db[start:stop], db, k, query_ids=np.arange(start, stop), backend=backend, normalize=False
+        db[start:stop],
+        db,
+        k,
+        query_ids=np.arange(start, stop),
+        backend=backend,
+        device=_task_device(),
+        normalize=False,
     )
 
 
@@ -69,9 +84,7 @@ def _stream_shard(
     from deepclust.knn_stream import mine_knn_npy
 
     torch.set_num_threads(num_threads)
-    # a GPU only when Ray gave this task one: Ray leaves CUDA_VISIBLE_DEVICES alone for
-    # num_gpus=0 tasks, so torch may see GPUs that other tasks hold
-    cuda = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
+    cuda = _task_device() == "cuda"
     stats = mine_knn_npy(
         features,
         k,

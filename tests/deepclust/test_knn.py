@@ -2,8 +2,16 @@ import numpy as np
 import pytest
 import torch
 
+from deepclust import knn as knn_module
 from deepclust.errors import UserError
-from deepclust.knn import knn_search, knn_self, l2_normalize, merge_topk, neighbor_precision
+from deepclust.knn import (
+    knn_search,
+    knn_self,
+    l2_normalize,
+    merge_topk,
+    neighbor_precision,
+    resolve_backend,
+)
 from deepclust.knn_stream import (
     HEADER_BYTES,
     FeatureFile,
@@ -86,6 +94,46 @@ def test_k_out_of_range_is_a_user_error(k):
 def test_unknown_backend():
     with pytest.raises(UserError, match="valid: auto, faiss, torch"):
         knn_self(np.eye(5, dtype=np.float32), 2, backend="annoy")
+
+
+class _FakeGpuFaiss:
+    """A faiss that claims one GPU: what a CUDA machine with faiss-gpu looks like."""
+
+    knn_gpu = object()
+
+    @staticmethod
+    def get_num_gpus():
+        return 1
+
+
+@pytest.mark.parametrize("backend", ["auto", "faiss", "torch", "stream"])
+def test_device_cpu_never_picks_cuda_even_where_a_gpu_is_visible(monkeypatch, backend):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(knn_module, "_faiss", lambda: _FakeGpuFaiss)
+    assert resolve_backend(backend)[1] == "cuda"  # auto: whatever is visible
+    assert resolve_backend(backend, "cpu")[1] == "cpu"
+    assert resolve_backend(backend, "cuda")[1] == "cuda"
+
+
+def test_device_errors_name_the_fix(monkeypatch):
+    with pytest.raises(UserError, match="valid: auto, cpu, cuda"):
+        resolve_backend("auto", "tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="use device 'cpu'"):
+        resolve_backend("torch", "cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(knn_module, "_faiss", lambda: None)
+    assert resolve_backend("auto", "cuda") == ("torch", "cuda")
+    with pytest.raises(UserError, match="needs faiss"):
+        resolve_backend("faiss", "cuda")
+
+
+def test_knn_search_on_cpu_device_equals_auto_here():
+    x = np.random.default_rng(5).normal(size=(60, 8)).astype(np.float32)
+    ids, sims = knn_search(x, x, 5, query_ids=np.arange(60), device="cpu")
+    ref_ids, ref_sims = knn_search(x, x, 5, query_ids=np.arange(60))
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(sims, ref_sims, rtol=1e-6)
 
 
 def test_query_database_search_without_self_exclusion():
