@@ -71,7 +71,10 @@ def negative_loss(anchor_logits: Tensor, negative_logits: Tensor) -> Tensor:
             f"n_neg, {anchor_logits.shape[1]}), got {tuple(negative_logits.shape)}"
         )
     dots = (probs(anchor_logits)[:, None, :] * probs(negative_logits)).sum(-1)  # (B, n_neg)
-    return -torch.log1p(-dots + EPS).mean()
+    # (1 - dots) first: a float32 dot of two saturated one-hots is exactly 1, and log1p(-1 + eps)
+    # rounds to log1p(-1) = -inf (eps is below half an ulp of 1); clamp: a sum of products can
+    # exceed 1 by an ulp. The equation's bound -log(eps) then holds.
+    return -torch.log((1.0 - dots).clamp(min=0.0) + EPS).mean()
 
 
 def entropy_term(anchor_logits: Tensor) -> Tensor:

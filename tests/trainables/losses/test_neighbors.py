@@ -128,3 +128,15 @@ def test_supervised_term_naive_loop_and_ignores_unlabelled_rows():
     assert float(supervised_term(logits, torch.full((3,), -1))) == 0.0
     with pytest.raises(ValueError, match="C >= 2"):
         supervised_term(torch.zeros(2, 1), torch.tensor([0, 0]))
+
+
+def test_saturated_pairs_stay_at_the_eps_bound_instead_of_inf():
+    # a confident anchor and a negative (or a positive far from it) in one-hot form: the float32
+    # dot is exactly 1 (or 0); the loss must be -log(eps), finite, as the equation with eps says
+    same = torch.tensor([[60.0, 0.0, 0.0]])
+    other = torch.tensor([[0.0, 60.0, 0.0]])
+    bound = -math.log(1e-8)
+    assert float(negative_loss(same, same[:, None, :])) == pytest.approx(bound, rel=1e-5)
+    assert float(positive_loss(same, other)) == pytest.approx(bound, rel=1e-5)
+    loss, _ = neighbor_clustering_loss(same, other, same[:, None, :])
+    assert torch.isfinite(loss)
