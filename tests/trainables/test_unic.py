@@ -159,3 +159,25 @@ def test_gcd_supervised_term_enters_the_step_loss():
     with_sup, logs = unic_step(head, batch, UnicConfig(w_sup=2.0))
     assert "loss/sup" in logs and "loss/sup" not in logs0
     assert float(with_sup) == pytest.approx(float(plain) + 2.0 * logs["loss/sup"], rel=1e-5)
+
+
+def test_selection_score_of_a_saturated_head_is_finite():
+    # a confident head (one-hot float32 probabilities) whose random partners share clusters:
+    # the negative term must sit at its -log(eps) bound, not log1p(-1) = inf (which would rank
+    # a healthy, confident head with the degenerate ones)
+    import torch
+
+    from trainables.heads import ClusterHead
+    from trainables.methods import FitInputs
+
+    c, n = 4, 400
+    feats = np.eye(c, dtype=np.float32)[np.arange(n) % c]  # balanced, unit norm
+    nbr = np.stack([(np.arange(n) + c * s) % n for s in range(1, 6)], axis=1)  # same class
+    head = ClusterHead(c, c)
+    with torch.no_grad():
+        head.net.weight.copy_(200.0 * torch.eye(c))
+        head.net.bias.zero_()
+    method = METHODS.get("unic")(UnicConfig())
+    method.model = head.eval()
+    score = method.selection_score(FitInputs(feats, c, 0, neighbors=nbr))
+    assert np.isfinite(score)

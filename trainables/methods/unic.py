@@ -430,7 +430,8 @@ class Unic(ClusteringMethod):
         top5 = torch.from_numpy(inputs.neighbors[anchors.numpy(), :5])
         pa = p[anchors]
         pos = -torch.log((pa[:, None, :] * p[top5]).sum(-1) + 1e-8).mean()
-        neg = -torch.log1p(-(pa * p[partner]).sum(-1) + 1e-8).mean()
+        # as negative_loss: (1 - dot) first, or a saturated pair scores log1p(-1) = inf
+        neg = -torch.log((1.0 - (pa * p[partner]).sum(-1)).clamp(min=0.0) + 1e-8).mean()
         pbar = p.mean(0)
         entropy = -(pbar * pbar.clamp(min=1e-8).log()).sum()
         sizes = np.bincount(p.argmax(1).numpy(), minlength=c) / n
