@@ -20,6 +20,17 @@ from torch import Tensor
 EPS = 1e-8
 
 
+def pair_nll(dots: Tensor, same: bool) -> Tensor:
+    """Elementwise binary cross-entropy of a pair's agreement ``dots = <p_a, p_x>`` (any shape):
+    -log(dots + eps) for a positive pair, -log(1 - dots + eps) for a negative one.
+
+    (1 - dots) is formed first: a float32 dot of two saturated one-hots is exactly 1, and
+    log1p(-1 + eps) rounds to log1p(-1) = -inf (eps is below half an ulp of 1); the clamp covers
+    a sum of products that exceeds 1 by an ulp. Both terms are then bounded by -log(eps).
+    """
+    return -torch.log((dots if same else (1.0 - dots).clamp(min=0.0)) + EPS)
+
+
 def _check(logits: Tensor, name: str) -> None:
     if logits.ndim < 2 or logits.shape[-1] < 2:
         raise ValueError(f"{name} must be (..., C) with C >= 2 clusters, got {tuple(logits.shape)}")
@@ -46,8 +57,7 @@ def positive_loss(
             f"positive_logits {tuple(positive_logits.shape)} != anchor_logits "
             f"{tuple(anchor_logits.shape)}"
         )
-    dots = (probs(anchor_logits) * probs(positive_logits)).sum(-1)
-    nll = -torch.log(dots + EPS)
+    nll = pair_nll((probs(anchor_logits) * probs(positive_logits)).sum(-1), same=True)
     if pos_mask is None:
         return nll.mean()
     mask = pos_mask.to(nll.dtype)
@@ -71,10 +81,7 @@ def negative_loss(anchor_logits: Tensor, negative_logits: Tensor) -> Tensor:
             f"n_neg, {anchor_logits.shape[1]}), got {tuple(negative_logits.shape)}"
         )
     dots = (probs(anchor_logits)[:, None, :] * probs(negative_logits)).sum(-1)  # (B, n_neg)
-    # (1 - dots) first: a float32 dot of two saturated one-hots is exactly 1, and log1p(-1 + eps)
-    # rounds to log1p(-1) = -inf (eps is below half an ulp of 1); clamp: a sum of products can
-    # exceed 1 by an ulp. The equation's bound -log(eps) then holds.
-    return -torch.log((1.0 - dots).clamp(min=0.0) + EPS).mean()
+    return pair_nll(dots, same=False).mean()
 
 
 def entropy_term(anchor_logits: Tensor) -> Tensor:

@@ -31,7 +31,12 @@ from deepclust.neighbors import (
 )
 from trainables import loop
 from trainables.heads import ClusterHead, MultiHead
-from trainables.losses.neighbors import neighbor_clustering_loss, probs, supervised_term
+from trainables.losses.neighbors import (
+    neighbor_clustering_loss,
+    pair_nll,
+    probs,
+    supervised_term,
+)
 from trainables.methods.base import ClusteringMethod, FitInputs
 
 log = logging.getLogger(__name__)
@@ -429,9 +434,8 @@ class Unic(ClusteringMethod):
         partner = torch.from_numpy(rng.integers(0, n, len(anchors)))
         top5 = torch.from_numpy(inputs.neighbors[anchors.numpy(), :5])
         pa = p[anchors]
-        pos = -torch.log((pa[:, None, :] * p[top5]).sum(-1) + 1e-8).mean()
-        # as negative_loss: (1 - dot) first, or a saturated pair scores log1p(-1) = inf
-        neg = -torch.log((1.0 - (pa * p[partner]).sum(-1)).clamp(min=0.0) + 1e-8).mean()
+        pos = pair_nll((pa[:, None, :] * p[top5]).sum(-1), same=True).mean()
+        neg = pair_nll((pa * p[partner]).sum(-1), same=False).mean()
         pbar = p.mean(0)
         entropy = -(pbar * pbar.clamp(min=1e-8).log()).sum()
         sizes = np.bincount(p.argmax(1).numpy(), minlength=c) / n
