@@ -155,7 +155,16 @@ def _hash(*parts: object) -> str:
 
 
 def _file_fingerprint(paths: list[Path]) -> str:
-    return _hash([(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths])
+    """The files' bytes (not their path or mtime): a copied, moved or re-mounted dataset keeps
+    its cached embeddings; the parquet loader reads every byte anyway, so this costs a pass of
+    BLAKE2 over data already in the page cache (about 0.1 s for CIFAR-10's 46 MB)."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in paths:
+        h.update(f"{p.stat().st_size}\0".encode())
+        with p.open("rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def _pixel_set(name, split, pixels, labels, class_names, origin="") -> ImageSet:

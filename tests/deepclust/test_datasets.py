@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,22 @@ def test_parquet_dataset(tiny_parquet):
     assert list(spec.load(head.loaded_split, Path("."), False).subset(10).labels) == list(
         head.labels
     )
+
+
+def test_parquet_fingerprint_follows_the_bytes_not_the_path_or_mtime(tiny_parquet, tmp_path):
+    """A copied or re-mounted dataset keeps its cached embeddings; edited bytes do not."""
+    copy = tmp_path / "elsewhere" / "copy.parquet"
+    copy.parent.mkdir()
+    copy.write_bytes(tiny_parquet.read_bytes())
+    os.utime(copy, ns=(1, 1))
+    assert load_parquet(copy).fingerprint == load_parquet(tiny_parquet).fingerprint
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(copy)
+    i = table.column_names.index("label")
+    pq.write_table(table.set_column(i, "label", pc.subtract(1, table.column("label"))), copy)
+    assert load_parquet(copy).fingerprint != load_parquet(tiny_parquet).fingerprint
 
 
 def test_parquet_with_train_test_files_uses_both_splits(tiny_parquet):
