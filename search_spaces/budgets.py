@@ -18,7 +18,7 @@ FIDELITIES = ("full", "laptop", "smoke")
 
 # deviation: fewer heads/steps than the methods' defaults, for CPU-only machines (see above)
 LAPTOP: dict[str, dict[str, Any]] = {
-    "unic": {"num_heads": 2, "epochs": 30},
+    "unic": {"epochs": 30},
     "scan": {"num_heads": 2, "epochs": 30},
     "scan_selflabel": {"epochs": 10, "min_steps": 100},
     "temi": {"num_heads": 2, "epochs": 10, "min_steps": 250},

@@ -17,12 +17,13 @@ from deepclust.metrics import hungarian_acc
 from trainables.methods import METHODS, FitInputs
 
 # (method, CI-budget overrides, minimum ACC gain over k-means on the same embeddings).
-# Measured once on this machine (seed 0, k-means 0.479): scan 0.599, unic 0.629, temi 0.506,
+# Measured once on this machine (seed 0, k-means 0.479): scan 0.599, unic 0.541 (one MLP head at
+# this 4,000-step budget; 0.629 with the former default of 5 linear restarts), temi 0.506,
 # spice 0.486, iic 0.468. SPICE and IIC are asserted level (their measured gains on these
 # features are within noise; see the README's baseline table for 3-seed numbers).
 CASES = [
     ("scan", {"min_steps": 4000}, 0.05),
-    ("unic", {"num_heads": 5, "min_steps": 4000}, 0.08),
+    ("unic", {"min_steps": 4000}, 0.05),
     ("temi", {"epochs": 100, "min_steps": 2000, "num_heads": 2}, 0.01),
     ("spice", {}, -0.01),
     ("iic", {}, -0.05),  # measured 0.446-0.468 across runs: level, not ahead
@@ -74,8 +75,8 @@ def test_beats_kmeans_on_digits_embeddings(digits, name, overrides, margin):
 def test_unic_gcd_beats_semi_supervised_kmeans_on_digits_embeddings(digits):
     """GCD (digits 0-4 Old, half of their images labelled): UNIC with labelled images as
     ground-truth neighbours beats semi-supervised k-means on All accuracy (v2, unlabelled
-    images). Measured on this machine, seed 0: with the CI-budget config below 0.521 vs 0.475;
-    with UNIC's default config 0.663 vs 0.475."""
+    images). Measured on this machine, seed 0: with the CI-budget config below (one MLP head,
+    4,000 steps) 0.697 vs 0.475; with the former default of 5 linear restarts 0.521."""
     from deepclust.gcd import gcd_scores, make_split
 
     feats, labels, nbr, _ = digits
@@ -86,7 +87,7 @@ def test_unic_gcd_beats_semi_supervised_kmeans_on_digits_embeddings(digits):
         "unlabelled_idx": split.unlabelled_idx,
     }
     scores = {}
-    for name, overrides in [("sskmeans", {}), ("unic", {"num_heads": 5, "min_steps": 4000})]:
+    for name, overrides in [("sskmeans", {}), ("unic", {"min_steps": 4000})]:
         method_cls = METHODS.get(name)
         method = method_cls(from_dict(method_cls.Config, overrides))
         method.fit(FitInputs(feats, 10, 0, nbr, **seen))
