@@ -2,6 +2,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -85,9 +87,6 @@ def test_parquet_fingerprint_follows_the_bytes_not_the_path_or_mtime(tiny_parque
     copy.write_bytes(tiny_parquet.read_bytes())
     os.utime(copy, ns=(1, 1))
     assert load_parquet(copy).fingerprint == load_parquet(tiny_parquet).fingerprint
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     table = pq.read_table(copy)
     i = table.column_names.index("label")
     pq.write_table(table.set_column(i, "label", pc.subtract(1, table.column("label"))), copy)
