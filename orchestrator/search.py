@@ -223,6 +223,10 @@ def search_method(
             ", ORACLE: ranked by test labels" if opts.oracle else "",
             exp_dir,
         )
+    # Tune saves its experiment state at most every 10 s by default, and Tuner.restore runs
+    # again every trial that state does not record as finished: a kill up to 10 s after a
+    # trial ended repeated it. Each save is tens of kB here, so save at most every second.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     grid = tuner.fit()
     outcome = _best(grid, method, base, metric, mode, opts, exp_dir, time.perf_counter() - t0)
     return outcome, key
