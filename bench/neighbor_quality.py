@@ -23,7 +23,6 @@ not the features. No Ray needed.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ if str(ROOT) not in sys.path:  # run this checkout's packages, not an installed 
     sys.path.insert(0, str(ROOT))
 
 from deepclust.artifacts import ArtifactStore  # noqa: E402
-from deepclust.config import from_dict  # noqa: E402
+from deepclust.config import from_dict, parse_override  # noqa: E402
 from deepclust.knn import knn_self, neighbor_precision  # noqa: E402
 from deepclust.metrics import clustering_metrics  # noqa: E402
 from trainables.methods import METHODS, FitInputs  # noqa: E402
@@ -107,20 +106,18 @@ def main() -> None:
     args = ap.parse_args()
     overrides: dict[str, dict] = {}
     for item in args.set:
-        target, _, value = item.partition("=")
+        target, value = parse_override(item)
         method, _, key = target.partition(".")
-        try:
-            overrides.setdefault(method, {})[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides.setdefault(method, {})[key] = value
+        overrides.setdefault(method, {})[key] = value
     emb = ArtifactStore.read_embeddings(args.embeddings)
     x, y = emb.features, emb.labels
     seeds = [int(s) for s in args.seeds.split(",")]
-    mined, _ = knn_self(x, args.kmax)
-    same, other = same_and_other_class_lists(x, y, args.kmax)
-    tables = {}
-    for p in args.precisions.split(","):
-        tables[p] = mined if p == "mined" else mixed_table(same, other, float(p), seed=0)
+    names = args.precisions.split(",")
+    tables = {"mined": knn_self(x, args.kmax)[0]} if "mined" in names else {}
+    if any(p != "mined" for p in names):  # the label-built lists cost a 4k-deep search
+        same, other = same_and_other_class_lists(x, y, args.kmax)
+        tables |= {p: mixed_table(same, other, float(p), seed=0) for p in names if p != "mined"}
+    tables = {p: tables[p] for p in names}
     km = [fit_score("kmeans", x, y, None, s)["acc"] for s in seeds]
     ref = float(np.mean(km))
     print(f"{len(y)} images, {x.shape[1]}-d; k-means ACC {100 * ref:.2f} (the reference)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from collections.abc import Mapping
@@ -75,3 +76,14 @@ def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
 def to_dict(cfg: Any) -> dict[str, Any]:
     """JSON-ready dict of a config dataclass (saved with every result)."""
     return dataclasses.asdict(cfg)
+
+
+def parse_override(item: str, flag: str = "--set") -> tuple[str, Any]:
+    """A command line's ``KEY=VALUE`` -> (KEY, VALUE parsed as JSON, else the plain string)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"{flag} expects KEY=VALUE, got '{item}'")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value

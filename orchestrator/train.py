@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 
 from deepclust.artifacts import ArtifactStore
+from deepclust.config import from_dict, parse_override
 from deepclust.errors import UserError
 from orchestrator.sweep import _select, _settings, add_common_arguments, run_cli
 from trainables.methods import METHODS
@@ -79,9 +79,7 @@ def _overrides(args: argparse.Namespace, parent: str | None) -> tuple[dict, dict
     out: dict = {}
     parent_out: dict = {}
     for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--set expects KEY=VALUE, got '{item}'")
+        key, value = parse_override(item)
         target = out
         stage, dot, rest = key.partition(".")
         if dot:
@@ -92,10 +90,7 @@ def _overrides(args: argparse.Namespace, parent: str | None) -> tuple[dict, dict
                     f"use {valid}"
                 )
             target, key = parent_out, rest
-        try:
-            target[key] = json.loads(value)
-        except json.JSONDecodeError:
-            target[key] = value
+        target[key] = value
     if args.finetune:
         out["finetune"] = True
     if args.epochs is not None:
@@ -108,7 +103,6 @@ def _has_finetune(name: str) -> bool:
 
 
 def run(args: argparse.Namespace, explicit_root: bool) -> int:
-    from deepclust.config import from_dict
     from orchestrator.leaderboard import write_leaderboard
     from orchestrator.pipeline import BenchmarkSplits, MethodRun, run_benchmark
     from orchestrator.ray_env import RaySession

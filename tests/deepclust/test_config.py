@@ -3,7 +3,7 @@ from typing import Literal
 
 import pytest
 
-from deepclust.config import from_dict, to_dict
+from deepclust.config import from_dict, parse_override, to_dict
 from deepclust.errors import UserError
 from deepclust.registry import Registry
 
@@ -58,3 +58,13 @@ def test_registry_is_loud():
         UserError, match="unknown widget 'onr' \\(did you mean 'one'\\?\\); valid: one"
     ):
         reg.get("onr")
+
+
+def test_parse_override_reads_json_else_keeps_the_string():
+    assert parse_override("pos_k=30") == ("pos_k", 30)
+    assert parse_override("scan.head=mlp") == ("scan.head", "mlp")
+    assert parse_override("finetune=true") == ("finetune", True)
+    assert parse_override("note=a=b") == ("note", "a=b")
+    for bad in ("pos_k", "=3"):
+        with pytest.raises(UserError, match="--set expects KEY=VALUE"):
+            parse_override(bad)
