@@ -3,6 +3,11 @@
     python bench/neighbor_quality.py --embeddings results/artifacts/embeddings/cifar10/test/efficientnet_lite0
     python bench/neighbor_quality.py --embeddings DIR --methods unic,scan --precisions mined,0.8,1.0 --seeds 0,1
     python bench/neighbor_quality.py --embeddings DIR --methods scan --set scan.head=mlp --set scan.num_heads=1
+    python bench/neighbor_quality.py --embeddings DIR --methods unic,unic@raw --precisions 1.0 \
+        --set unic@raw.clean_rule=none --set unic@raw.neg_rule=none
+
+A method may carry a label after ``@`` (``unic@raw``): the same method under its own
+``--set LABEL.KEY=VALUE`` overrides, so one run compares ablations on the same tables.
 
 A diagnostic, not a method: it reads the ground-truth labels to build neighbour tables of a
 chosen precision, so nothing here may choose a default. On one cached embeddings artifact it
@@ -74,7 +79,8 @@ def mixed_table(same: np.ndarray, other: np.ndarray, p: float, seed: int) -> np.
 
 
 def fit_score(method: str, x, y, table, seed: int, overrides: dict | None = None) -> dict:
-    cls = METHODS.get(method)
+    """Fit ``method`` (a registry name, optionally ``name@label``) and score it on ``y``."""
+    cls = METHODS.get(method.partition("@")[0])
     model = cls(from_dict(cls.Config, overrides or {}))
     t0 = time.perf_counter()
     model.fit(
@@ -101,7 +107,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="METHOD.KEY=VALUE",
-        help="a config override for one method (JSON value), e.g. scan.head=mlp; repeatable",
+        help="a config override for one method or method@label (JSON value), e.g. "
+        "scan.head=mlp; repeatable",
     )
     args = ap.parse_args()
     overrides: dict[str, dict] = {}
