@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from deepclust.config import from_dict
+from deepclust.errors import UserError
 from deepclust.gcd import make_split
 from deepclust.knn import knn_self, l2_normalize
 from deepclust.metrics import hungarian_acc
@@ -166,3 +167,11 @@ def test_kmeans_recovers_separated_blobs():
     m = METHODS.get("kmeans")(METHODS.get("kmeans").Config())
     m.fit(FitInputs(embeddings=x, num_clusters=4, seed=0))
     assert hungarian_acc(y, m.predict(x)) == 1.0
+
+
+def test_spice_unknown_balance_rule_is_a_one_line_error():
+    x, y = blobs()
+    cls = METHODS.get("spice")
+    m = cls(from_dict(cls.Config, {**cls.smoke, "balance": "mean"}))
+    with pytest.raises(UserError, match="balance='mean': choose one of smallest, median, none"):
+        m.fit(inputs_for(cls, x, y))

@@ -58,6 +58,9 @@ def spice_ce(logits: Tensor, targets: Tensor, double_softmax: bool = True) -> Te
     return F.cross_entropy(z, targets)
 
 
+BALANCE_RULES = ("smallest", "median", "none")
+
+
 def local_consistency(
     pred: Tensor, confidence: Tensor, neighbors_with_self: Tensor, ratio: float, threshold: float
 ) -> Tensor:
@@ -71,21 +74,29 @@ def local_consistency(
 
 
 def balance_reliable(
-    reliable: Tensor, pred: Tensor, num_clusters: int, gen: torch.Generator
+    reliable: Tensor, pred: Tensor, num_clusters: int, gen: torch.Generator, rule: str = "smallest"
 ) -> Tensor:
-    """Subsample every cluster's reliable rows down to the smallest cluster's count (uniform,
-    seeded). A cluster with no reliable row empties the whole set, as SPICE's code.
+    """Subsample every cluster's reliable rows down to a common cap (uniform, seeded).
+
+    ``smallest`` (SPICE's code): the cap is the smallest cluster's count, so a cluster with no
+    reliable row empties the whole set. ``median``: the cap is the median cluster's count
+    (upper median), clusters below it keep every row, so one near-empty cluster no longer
+    truncates the others. ``none``: every reliable row is kept.
 
     (N,) bool, (N,) int64 -> (N,) bool.
     """
+    if rule not in BALANCE_RULES:
+        raise ValueError(f"balance rule must be one of {', '.join(BALANCE_RULES)}, got {rule!r}")
+    if rule == "none":
+        return reliable.clone()
     counts = torch.bincount(pred[reliable], minlength=num_clusters)
     keep = torch.zeros_like(reliable)
-    smallest = int(counts.min())
-    if smallest == 0:
+    cap = int(counts.min()) if rule == "smallest" else int(counts.sort().values[num_clusters // 2])
+    if cap == 0:
         return keep
     for c in range(num_clusters):
         rows = torch.nonzero(reliable & (pred == c)).squeeze(1)
-        keep[rows[torch.randperm(len(rows), generator=gen)[:smallest]]] = True
+        keep[rows[torch.randperm(len(rows), generator=gen)[:cap]]] = True
     return keep
 
 

@@ -40,6 +40,21 @@ def test_reliability_derived_vector_and_balancing_empties_the_set():
     assert int(kept[:3].sum()) == 1 and kept[3] and int(kept.sum()) == 2
 
 
+def test_median_balancing_caps_large_clusters_without_emptying_on_a_small_one():
+    # reliable rows per cluster: 1, 3, 5, 0 (cluster 3 has none)
+    pred = torch.tensor([0] + [1] * 3 + [2] * 5 + [3] * 2)
+    reliable = torch.ones(11, dtype=torch.bool)
+    reliable[9:] = False
+    gen = torch.Generator().manual_seed(0)
+    assert not balance_reliable(reliable, pred, 4, gen, "smallest").any()
+    kept = balance_reliable(reliable, pred, 4, gen, "median")  # counts 0,1,3,5 -> cap 3
+    per = torch.bincount(pred[kept], minlength=4).tolist()
+    assert per == [1, 3, 3, 0] and not (kept & ~reliable).any()
+    assert torch.equal(balance_reliable(reliable, pred, 4, gen, "none"), reliable)
+    with pytest.raises(ValueError, match="smallest, median, none"):
+        balance_reliable(reliable, pred, 4, gen, "mean")
+
+
 def naive_prototypes(s, f, center_ratio=0.5):
     """Per cluster: the similarities of the rows it should select (prototype members tie
     exactly in exact arithmetic, so rows are compared by similarity, not index)."""
