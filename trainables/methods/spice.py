@@ -289,7 +289,8 @@ class Spice(ClusteringMethod):
         balanced = balance_reliable(reliable, pred, k, gen, cfg.balance)
         fallback = "none"
         if not balanced.any():
-            # spec 6.8: guard the empty set (a cluster without reliable rows empties it)
+            # spec 6.8: guard the empty set (balance=smallest: one cluster without reliable
+            # rows empties it; median: more than half of them)
             fallback = "unbalanced" if reliable.any() else "top_confident"
             if reliable.any():
                 balanced = reliable
