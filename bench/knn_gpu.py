@@ -79,7 +79,7 @@ def faiss_gpu(
     except ImportError as e:
         return f"faiss not importable ({e})"
     if not hasattr(faiss, "knn_gpu") or faiss.get_num_gpus() < 1:
-        return "no GPU faiss (faiss-cpu installed; see pyproject's gpu extra)"
+        return "no GPU faiss (faiss-cpu installed; GPU kNN runs on torch)"
     res = faiss.StandardGpuResources()
     d, i = faiss.knn_gpu(res, x[queries], x, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
     keep = torch.argsort((i == queries[:, None]).to(torch.int8), dim=1, stable=True)[:, :k]

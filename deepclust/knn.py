@@ -62,13 +62,12 @@ def resolve_backend(backend: str, device: str = "auto") -> tuple[str, str]:
     if backend == "faiss":
         if faiss is None:
             raise UserError(
-                "knn backend 'faiss' needs faiss: pip install faiss-cpu "
-                "(or the 'gpu' extra), or use --knn-backend torch"
+                "knn backend 'faiss' needs faiss: pip install faiss-cpu, or use --knn-backend torch"
             )
         if device == "cuda" and not faiss_gpu:
             raise UserError(
-                "knn backend 'faiss' on 'cuda' needs a GPU build of faiss (the 'gpu' extra), "
-                "or use --knn-backend torch"
+                "knn backend 'faiss' on 'cuda' needs a GPU build of faiss installed in place "
+                "of faiss-cpu; or use --knn-backend torch (the default on GPUs)"
             )
         return "faiss", "cuda" if faiss_gpu else "cpu"
     if backend in ("torch", "stream"):
