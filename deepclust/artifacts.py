@@ -47,13 +47,35 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
 
 
-@dataclass(frozen=True)
 class Embeddings:
-    """Embeddings of one split, rows in ``idx`` order."""
+    """Embeddings of one split, rows in ``idx`` order: ``labels`` (N,) int64, ``meta`` (with
+    the artifact's ``path``) and ``features`` (N, D) float32, unit norm.
 
-    features: np.ndarray  # (N, D) float32, unit norm
-    labels: np.ndarray  # (N,) int64
-    meta: dict[str, Any]
+    Read from an artifact without its features (``read_embeddings(..., features=False)``),
+    ``features`` is read from ``meta["path"]`` on first use: an orchestrating process that only
+    passes the artifact on (to the Ray tasks that mine or train on it) never holds the N x D
+    array.
+    """
+
+    def __init__(self, features: np.ndarray | None, labels: np.ndarray, meta: dict[str, Any]):
+        self._features, self.labels, self.meta = features, labels, meta
+
+    @property
+    def loaded(self) -> bool:
+        return self._features is not None
+
+    @property
+    def features(self) -> np.ndarray:
+        if self._features is None:
+            self._features = ArtifactStore.read_features(Path(self.meta["path"]), len(self.labels))
+        return self._features
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the (N, D) float32 features, without reading them."""
+        if self._features is not None:
+            return int(self._features.nbytes)
+        return len(self.labels) * int(self.meta["dim"]) * 4
 
 
 @dataclass(frozen=True)
@@ -138,18 +160,44 @@ class ArtifactStore:
 
     # --- embeddings -----------------------------------------------------------------------
     @staticmethod
-    def read_embeddings(directory: Path) -> Embeddings:
-        """Read an embeddings artifact, sorted by idx; checks idx is exactly 0..N-1."""
+    def read_embeddings(directory: Path, features: bool = True) -> Embeddings:
+        """Read an embeddings artifact, sorted by idx; checks idx is exactly 0..N-1.
+        ``features=False`` reads the labels only (the features on first use)."""
         meta = {**(ArtifactStore.read_meta(directory) or {}), "path": str(directory)}
-        table = pq.read_table(directory, columns=["idx", "label", "embedding"])
+        table = pq.read_table(directory, columns=["idx", "label"])
         idx = table.column("idx").to_numpy()
         order = np.argsort(idx, kind="stable")
         n = len(idx)
         if not np.array_equal(idx[order], np.arange(n)):
             raise ValueError(f"{directory}: idx is not a permutation of 0..{n - 1}")
-        features = fixed_list_to_numpy(table.column("embedding"))[order]
         labels = table.column("label").to_numpy().astype(np.int64)[order]
-        return Embeddings(np.ascontiguousarray(features, dtype=np.float32), labels, meta)
+        meta["dim"] = ArtifactStore._embedding_dim(directory)
+        emb = Embeddings(None, labels, meta)
+        if features:
+            emb.features  # noqa: B018 (read now)
+        return emb
+
+    @staticmethod
+    def _embedding_dim(directory: Path) -> int:
+        """D, from the first row (a list column's length is not in its Parquet type)."""
+        for path in sorted(directory.glob("*.parquet")):
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=1, columns=["embedding"]):
+                if batch.num_rows:
+                    return int(fixed_list_to_numpy(batch.column("embedding")).shape[1])
+        return 0
+
+    @staticmethod
+    def read_features(directory: Path, n: int) -> np.ndarray:
+        """The (n, D) float32 features in idx order, placed batch by batch into one array:
+        the peak is the result plus one record batch, not two copies of the whole table."""
+        out: np.ndarray | None = None
+        for path in sorted(directory.glob("*.parquet")):
+            for batch in pq.ParquetFile(path).iter_batches(columns=["idx", "embedding"]):
+                rows = fixed_list_to_numpy(batch.column("embedding"))
+                if out is None:
+                    out = np.empty((n, rows.shape[1]), dtype=np.float32)
+                out[batch.column("idx").to_numpy()] = rows
+        return out if out is not None else np.zeros((0, 0), np.float32)
 
     # --- neighbours -----------------------------------------------------------------------
     @staticmethod

@@ -22,7 +22,7 @@ from ray.data.extensions import ArrowTensorArray
 
 from deepclust.artifacts import ArtifactStore, Embeddings, stable_key
 from deepclust.backbones import backbone_preprocess, build_backbone, weights_fingerprint
-from deepclust.datasets import ImageSet
+from deepclust.datasets import ImageSet, ParquetPart, ParquetSource, read_parquet_part
 from deepclust.embedder import Embedder
 from deepclust.errors import UserError
 from deepclust.preprocess import Preprocess, decode_batch
@@ -54,7 +54,30 @@ def embedding_key(imageset: ImageSet, opts: EmbedOptions) -> str:
     )
 
 
+def _read_parts(batch: dict[str, np.ndarray], image_column: str, label_column: str):
+    """A Ray Data step on the workers: each descriptor row -> its rows' ``encoded`` batches."""
+    for i in range(len(batch["file"])):
+        ints = {f: int(batch[f][i]) for f in ("row_group", "skip", "num_rows", "first_idx")}
+        part = ParquetPart(str(batch["file"][i]), file_row=int(batch["file_row"][i]), **ints)
+        yield from read_parquet_part(part, image_column, label_column)
+
+
+def _parquet_dataset(source: ParquetSource) -> rd.Dataset:
+    """Only the manifest (one small row per part) leaves the driver; each read task opens its
+    part's row group itself, so no image byte passes through the driver or its object store."""
+    items = [dataclasses.asdict(p) for p in source.parts]
+    ds = rd.from_items(items, override_num_blocks=max(1, len(items)))
+    return ds.map_batches(
+        _read_parts,
+        fn_kwargs={"image_column": source.image_column, "label_column": source.label_column},
+        batch_size=1,
+        num_cpus=1,
+    )
+
+
 def _source_dataset(imageset: ImageSet) -> rd.Dataset:
+    if imageset.parquet is not None:
+        return _parquet_dataset(imageset.parquet)
     tables = []
     for start in range(0, len(imageset), ROWS_PER_BLOCK):
         stop = min(start + ROWS_PER_BLOCK, len(imageset))
@@ -102,7 +125,7 @@ def ensure_embeddings(
     reason = store.check(directory, key)
     if reason is None:
         log.info("embeddings %s/%s: cached (%s)", imageset.name, imageset.split, directory)
-        return store.read_embeddings(directory)
+        return store.read_embeddings(directory, features=False)  # read where they are used
     if directory.exists():
         log.warning("embeddings %s/%s: rebuilding (%s)", imageset.name, imageset.split, reason)
     # Build the backbone once in the driver before any actor starts: a missing weights file or
@@ -131,23 +154,39 @@ def ensure_embeddings(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("embeddings %s/%s: %d images in %.1fs", imageset.name, imageset.split, n, seconds)
-    return store.read_embeddings(directory)
+    return store.read_embeddings(directory, features=False)
 
 
 def _run_pipeline(
     imageset: ImageSet, opts: EmbedOptions, pp: Preprocess, res: ClusterResources, out_dir: Path
 ) -> None:
     ctor = {"backbone": opts.backbone, "weights_file": opts.weights_file}
+    live_cpus, live_gpus = res.alive
     if res.gpus:
-        # One actor per GPU; decode stays on separate CPU tasks (different resource asks keep
-        # the operators unfused, so decode and the forward pass stream concurrently).
-        embed_args = {"num_gpus": 1, "num_cpus": 1, "compute": rd.ActorPoolStrategy(size=res.gpus)}
+        # One actor per GPU the cluster can grow to; the pool starts with the GPUs alive and
+        # grows as nodes join (its pending actors keep the autoscaler adding them). Decode
+        # stays on separate CPU tasks (different resource asks keep the operators unfused, so
+        # decode and the forward pass stream concurrently); the actor reserves no CPU, so a
+        # GPU node's every core decodes (on a node with one CPU per GPU an actor holding it
+        # would leave decode nowhere to run).
+        embed_args = {
+            "num_gpus": 1,
+            "num_cpus": 0,
+            "compute": rd.ActorPoolStrategy(
+                min_size=max(1, min(live_gpus, res.gpus)), max_size=res.gpus
+            ),
+        }
     else:
         # CPU-only: actors reserve one CPU each but run torch on a larger thread budget
         # (Ray pins OMP threads to the reservation, which would leave cores idle).
         pool = max(1, res.cpus // 8)
-        ctor["num_threads"] = max(1, res.cpus // pool)
-        embed_args = {"num_cpus": 1, "compute": rd.ActorPoolStrategy(size=pool)}
+        ctor["num_threads"] = res.task_cpus(pool)
+        embed_args = {
+            "num_cpus": 1,
+            "compute": rd.ActorPoolStrategy(
+                min_size=max(1, min(pool, live_cpus // 8)), max_size=pool
+            ),
+        }
     ds = _source_dataset(imageset).map_batches(
         decode_batch, fn_kwargs={"preprocess": pp}, batch_size=opts.batch_size, num_cpus=1
     )

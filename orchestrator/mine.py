@@ -4,16 +4,17 @@ The queries are split into ``shards`` contiguous ranges, each searched by a remo
 GPU when the cluster has one), so no merge is needed. Two ways to reach the database:
 
 * in memory (``faiss``/``torch``; ``auto`` on CPU for databases up to ``STREAM_ABOVE_BYTES``):
-  replicated once with ``ray.put``;
-* streamed (``stream``; ``auto`` on GPU clusters and for larger databases): the driver writes
+  each shard reads the embeddings artifact (shared storage on clusters) into its memory;
+* streamed (``stream``; ``auto`` on GPU clusters and for larger databases): a Ray task writes
   the features to one ``.npy`` in the stage's temporary folder (under ``--output``, shared
   storage on clusters), and each shard runs :func:`deepclust.knn_stream.mine_knn_npy` on its
   query range: query x database blocks in a fixed memory budget, neighbours appended to the
   shard's own ``.npy`` block by block (peak-memory formula: ``deepclust/knn_stream.py``). On
   CUDA the tiles are bf16 GEMMs whose candidates are re-scored in fp32 and certified exact
   row by row.
- Mined once with ``kmax``; methods slice ``[:, :k]``, so ``k`` stays a free
-hyperparameter. Neighbour precision (label agreement, a diagnostic only) goes into the meta.
+
+The driver holds the labels and the neighbour table, never the N x D features. Mined once
+with ``kmax``; methods slice ``[:, :k]``, so ``k`` stays a free hyperparameter. Neighbour precision (label agreement, a diagnostic only) goes into the meta.
 """
 
 from __future__ import annotations
@@ -51,9 +52,20 @@ def _task_device() -> str:
     return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
 
+# The database: the (N, D) features in memory, or the path of the embeddings artifact that
+# each task reads itself (what the pipeline passes: the driver never holds the features)
+Database = np.ndarray | str
+
+
+def _rows(db: Database, n: int) -> np.ndarray:
+    if isinstance(db, str):
+        return ArtifactStore.read_features(Path(db), n)
+    return db
+
+
 @ray.remote
 def _search_shard(
-    db: np.ndarray, start: int, stop: int, k: int, backend: str, num_threads: int
+    db: Database, n: int, start: int, stop: int, k: int, backend: str, num_threads: int
 ) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
@@ -64,6 +76,7 @@ def _search_shard(
         faiss.omp_set_num_threads(num_threads)
     except ImportError:
         pass
+    db = _rows(db, n)
     return knn_search(
         db[start:stop],
         db,
@@ -104,18 +117,24 @@ def _shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
     return [(int(s), int(e)) for s, e in zip(bounds[:-1], bounds[1:], strict=True) if e > s]
 
 
-def streamed_knn(
-    features: np.ndarray, k: int, shards: int, res: ClusterResources, work: Path
-) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Self-excluded top-k over ``shards`` Ray tasks streaming from ``work/features.npy``
-    (``work`` must be visible to every node); also each shard's :class:`KnnStats` dict."""
+@ray.remote(num_cpus=1)
+def _write_features(db: Database, n: int, path: str) -> None:
     from deepclust.knn_stream import write_features_npy
 
-    n = len(features)
+    write_features_npy(Path(path), _rows(db, n))
+
+
+def streamed_knn(
+    features: Database, k: int, shards: int, res: ClusterResources, work: Path, n: int = -1
+) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Self-excluded top-k over ``shards`` Ray tasks streaming from ``work/features.npy``
+    (``work`` must be visible to every node; a Ray task writes it); also each shard's
+    :class:`KnnStats` dict. ``n``: the row count when ``features`` is an artifact path."""
+    n = len(features) if n < 0 else n
     check_k(n, k)
     work.mkdir(parents=True, exist_ok=True)
     path = work / "features.npy"
-    write_features_npy(path, features)
+    ray.get(_write_features.remote(features, n, str(path)))
     cpus = res.task_cpus(shards) if not res.gpus else 1
     task = _stream_shard.options(num_cpus=cpus, num_gpus=1 if res.gpus else 0)
     parts = _shard_bounds(n, shards)
@@ -127,16 +146,21 @@ def streamed_knn(
 
 
 def sharded_knn(
-    features: np.ndarray, k: int, shards: int, backend: str, res: ClusterResources
+    features: Database, k: int, shards: int, backend: str, res: ClusterResources, n: int = -1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Self-excluded top-k over ``shards`` Ray tasks (database replicated, queries split)."""
-    n = len(features)
+    """Self-excluded top-k over ``shards`` Ray tasks (database replicated, queries split).
+    ``n``: the row count when ``features`` is an artifact path (each task reads it)."""
+    n = len(features) if n < 0 else n
     check_k(n, k)  # in the driver: a clean error before any task starts
     resolve_backend(backend)
-    db_ref = ray.put(np.ascontiguousarray(features, dtype=np.float32))
+    db = (
+        features
+        if isinstance(features, str)
+        else ray.put(np.ascontiguousarray(features, np.float32))
+    )
     cpus = res.task_cpus(shards) if not res.gpus else 1
     task = _search_shard.options(num_cpus=cpus, num_gpus=1 if res.gpus else 0)
-    refs = [task.remote(db_ref, s, e, k, backend, cpus) for s, e in _shard_bounds(n, shards)]
+    refs = [task.remote(db, n, s, e, k, backend, cpus) for s, e in _shard_bounds(n, shards)]
     parts = ray.get(refs)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
@@ -161,17 +185,20 @@ def ensure_neighbors(
         }
     if directory.exists():
         log.warning("neighbors k=%d: rebuilding (%s)", kmax, reason)
-    check_k(len(emb.features), kmax)
+    n = len(emb.labels)
+    check_k(n, kmax)
     res = ray_session.resources()
     shards = shards or max(1, res.gpus)
     resolve_backend(backend)
-    streamed = use_stream(backend, emb.features.nbytes, res)
+    streamed = use_stream(backend, emb.nbytes, res)
+    # the artifact's path when the features are not in this process: the tasks read them
+    db = emb.features if emb.loaded else emb.meta["path"]
     tmp = store.begin(directory)
     extra = {}
     try:
         t0 = time.perf_counter()
         if streamed:
-            nbr, sim, stats = streamed_knn(emb.features, kmax, shards, res, tmp / "stream")
+            nbr, sim, stats = streamed_knn(db, kmax, shards, res, tmp / "stream", n)
             backend = "stream"
             extra = {
                 "knn_precision": ",".join(sorted({s["precision"] for s in stats})),
@@ -179,7 +206,7 @@ def ensure_neighbors(
                 "predicted_peak_bytes_per_shard": max(s["predicted_peak_bytes"] for s in stats),
             }
         else:
-            nbr, sim = sharded_knn(emb.features, kmax, shards, backend, res)
+            nbr, sim = sharded_knn(db, kmax, shards, backend, res, n)
         seconds = time.perf_counter() - t0
         precision = neighbor_precision(emb.labels, nbr)
         store.write_neighbors(tmp, nbr, sim)

@@ -140,8 +140,12 @@ def run_method(
     ray_session: RaySession,
     require_state: bool = False,
     gcd: tuple[GcdSplit, Path, str] | None = None,
-) -> dict[str, Any]:
+    cached_only: bool = False,
+) -> dict[str, Any] | None:
     """Fit, predict the eval split, score, and write the run's artifacts (cached by key).
+
+    ``cached_only``: return the cached result, or None where the run (or its parent) would
+    have to train.
 
     ``gcd`` (the split, its file and key): the GCD setting. Methods with ``gcd_labels`` get the
     labelled rows and their labels, nothing else; every run is scored on the unlabelled rows.
@@ -184,7 +188,10 @@ def run_method(
             ray_session,
             require_state=True,
             gcd=gcd,
+            cached_only=cached_only,
         )
+        if parent is None:
+            return None
         parent_key = parent["key"]
         parent_dir = store.run_dir(
             splits.fit.name,
@@ -220,9 +227,11 @@ def run_method(
     ):
         log.info("%s/%s seed %d: cached", splits.fit.name, run.method, run.seed)
         return previous
+    if cached_only:
+        return None
     t0 = time.perf_counter()
     state_file: Path | None = None
-    if method_cls.trainable and (run.workers > 0 or config_dict.get("finetune")):
+    if _trains_with_ray_train(run):
         from trainables import ray_train
 
         resources = ray_session.resources()
@@ -242,6 +251,7 @@ def run_method(
         workers = max(1, run.workers)
         use_gpu = resources.gpus > 0 and settings.train_on_gpu
         job["cpu_threads"] = 0 if use_gpu else resources.task_cpus(workers)
+        job["train_cpus"] = resources.train_worker_cpus(use_gpu)
         predictions, diagnostics = ray_train.train(
             job,
             workers,
@@ -315,6 +325,45 @@ def run_method(
         ", ".join(f"{k}={v:.3g}" for k, v in diagnostics.items() if isinstance(v, int | float)),
     )
     return result
+
+
+def _trains_with_ray_train(run: MethodRun) -> bool:
+    """DDP workers asked for, or a backbone finetune: the run goes through Ray Train (its
+    workers read the artifacts); every other run trains in one process."""
+    method_cls = METHODS.get(run.method)
+    finetune = bool(to_dict(from_dict(method_cls.Config, run.config)).get("finetune"))
+    return method_cls.trainable and (run.workers > 0 or finetune)
+
+
+def _run_all(
+    runs: list[MethodRun],
+    args: tuple,
+    gcd,
+    ray_session: RaySession,
+    on_gpu: bool,
+    require_state: bool = False,
+) -> list[dict[str, Any]]:
+    """Every run, in order: cached ones answered here (a cached sweep starts no Ray), Ray
+    Train runs started from here, and the rest as Ray tasks side by side that read the
+    artifacts themselves (``_run_in_parallel``), staged methods after their parents' methods
+    so a child finds its parent's run instead of training it again beside it."""
+    results: dict[int, dict[str, Any]] = {}
+    pending = []
+    for i, run in enumerate(runs):
+        cached = run_method(run, *args, require_state, gcd, cached_only=True)
+        if cached is not None:
+            results[i] = cached
+        elif _trains_with_ray_train(run):
+            results[i] = run_method(run, *args, require_state, gcd)
+        else:
+            pending.append(i)
+    for staged in (False, True):
+        wave = [i for i in pending if bool(METHODS.get(runs[i].method).starts_from) == staged]
+        if wave:
+            gpus = ray_session.resources().gpus if on_gpu else 0
+            done = _run_in_parallel([runs[i] for i in wave], args, gcd, gpus, require_state)
+            results.update(zip(wave, done, strict=True))
+    return [results[i] for i in range(len(runs))]
 
 
 def _variant(method: str, config_hash: str, gcd) -> str:
@@ -433,31 +482,85 @@ def run_benchmark(
                     failures.append(f"{method} on {splits.spec.name}: {exc}")
         return results
     runs = runs or [MethodRun(m, seed) for m in settings.methods for seed in settings.seeds]
-    return [run_method(r, *args, gcd=gcd) for r in runs]
+    return _run_all(runs, args, gcd, ray_session, settings.train_on_gpu)
 
 
-def _run_task(run: MethodRun, shared: tuple) -> dict[str, Any]:
+def _without_images(imageset: ImageSet) -> ImageSet:
+    """The split's identity (name, split, classes, fingerprint) without its labels or image
+    source: what a seed task needs of it (labels come from the embeddings artifact)."""
+    return replace(
+        imageset,
+        labels=np.zeros(0, np.int64),
+        pixels=None,
+        encoded=None,
+        paths=(),
+        parquet=None,
+    )
+
+
+def _task_inputs(args: tuple, gcd) -> dict[str, Any]:
+    """What a seed task is sent: artifact paths and small metadata, no per-image array."""
+    splits, fit_emb, eval_emb, neighbors, settings, store, _ = args
+    return {
+        "splits": BenchmarkSplits(
+            splits.spec, _without_images(splits.fit), _without_images(splits.eval)
+        ),
+        "fit": fit_emb.meta["path"],
+        "eval": eval_emb.meta["path"],
+        "neighbors": neighbors[1],
+        "settings": settings,
+        "store": store,
+        "gcd": (str(gcd[1]), gcd[2]) if gcd else None,
+    }
+
+
+def _read_task_inputs(shared: dict[str, Any]) -> tuple:
+    """The seed task's own reads of the artifacts the driver named (shared storage on a
+    cluster, like every artifact)."""
+    store: ArtifactStore = shared["store"]
+    fit_emb = store.read_embeddings(Path(shared["fit"]), features=False)  # read on first use
+    eval_emb = (
+        fit_emb
+        if shared["eval"] == shared["fit"]
+        else store.read_embeddings(Path(shared["eval"]), features=False)
+    )
+    nbr_meta = shared["neighbors"]
+    neighbors = (store.read_neighbors(Path(nbr_meta["path"]))[0], nbr_meta)
+    gcd = None
+    if shared["gcd"]:
+        path, key = shared["gcd"]
+        with np.load(path) as f:
+            gcd = (GcdSplit.from_arrays(dict(f)), Path(path), key)
+    return fit_emb, eval_emb, neighbors, gcd
+
+
+def _run_task(run: MethodRun, shared: dict[str, Any], require_state: bool) -> dict[str, Any]:
     """One seed's in-process run inside a 1-CPU Ray task (see ``_run_in_parallel``)."""
     import torch
 
     torch.set_num_threads(1)
-    splits, fit_emb, eval_emb, neighbors, settings, store, gcd = shared
-    return run_method(run, splits, fit_emb, eval_emb, neighbors, settings, store, None, gcd=gcd)
+    fit_emb, eval_emb, neighbors, gcd = _read_task_inputs(shared)
+    splits, settings, store = shared["splits"], shared["settings"], shared["store"]
+    return run_method(
+        run, splits, fit_emb, eval_emb, neighbors, settings, store, None, require_state, gcd
+    )
 
 
 def _run_in_parallel(
-    runs: list[MethodRun], args: tuple, gcd, gpus: int = 0
+    runs: list[MethodRun], args: tuple, gcd, gpus: int = 0, require_state: bool = False
 ) -> list[dict[str, Any]]:
-    """The seeds of a head trained on cached embeddings, as Ray tasks side by side: one GPU
-    each when the cluster has GPUs, else one CPU each (one torch thread per run beats one run
-    on every core for heads this small). The inputs go to the object store once; each task
-    writes its run folder as the driver would (cached runs return at once)."""
+    """Runs that train in one process (heads on cached embeddings, k-means), as Ray tasks side
+    by side: one GPU each when the cluster has GPUs, else one CPU each (one torch thread per
+    run beats one run on every core for heads this small). Each task gets the artifacts' paths and reads the
+    embeddings, neighbours and GCD split itself, so no per-image array passes through the
+    driver's object store; it writes its run folder as the driver would (cached runs return
+    at once)."""
     import ray
 
-    splits, fit_emb, eval_emb, neighbors, settings, store, _ = args
-    shared = ray.put((splits, fit_emb, eval_emb, neighbors, settings, store, gcd))
+    splits = args[0]
+    shared = ray.put(_task_inputs(args, gcd))
     task = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0)(_run_task)
-    results = ray.get([task.remote(r, shared) for r in runs])
+    results = ray.get([task.remote(r, shared, require_state) for r in runs])
     for r in results:
         log.info(
             "%s/%s seed %d: acc=%.4f nmi=%.4f ari=%.4f",
@@ -501,7 +604,6 @@ def _search_and_run(
     # Ray Train is for finetuning, where DDP pays (a 1-worker TorchTrainer per seed would add
     # a controller and a placement group for no parallelism). A finetune config still goes
     # through Ray Train in run_method.
-    gpus = ray_session.resources().gpus
     workers = 0
     args = (splits, fit_emb, eval_emb, neighbors, settings, store, ray_session)
     parent_cfg: dict[str, Any] = {}
@@ -518,7 +620,9 @@ def _search_and_run(
     parent, init_state = None, None
     if searching and method_cls.starts_from:  # the trials start from the parent's state
         parent_run = MethodRun(method_cls.starts_from, search.seed, parent_cfg, workers)
-        parent = run_method(parent_run, *args, require_state=True, gcd=search_gcd)
+        (parent,) = _run_all(
+            [parent_run], args, search_gcd, ray_session, settings.train_on_gpu, require_state=True
+        )
         init_state = Path(parent["run_dir"]) / inputs.STATE_FILE
     exp_root = store.root / "tune"
     job = _job(
@@ -550,11 +654,7 @@ def _search_and_run(
         MethodRun(method, seed, outcome.config, workers, None, parent_cfg)
         for seed in settings.seeds
     ]
-    finetune = bool(outcome.config.get("finetune"))
-    if method_cls.trainable and not finetune and (gpus or len(runs) > 1):
-        results = _run_in_parallel(runs, args, gcd, gpus)
-    else:
-        results = [run_method(r, *args, gcd=gcd) for r in runs]
+    results = _run_all(runs, args, gcd, ray_session, settings.train_on_gpu)
     if key is not None:
         write_record(outcome, key, results[0])
     return results

@@ -72,7 +72,7 @@ def trial_objective(
     if name == ORACLE:  # the evaluation labels: only with --oracle
         from trainables.inputs import predict_eval
 
-        labels = ArtifactStore.read_embeddings(Path(job["eval_embeddings"])).labels
+        labels = ArtifactStore.read_embeddings(Path(job["eval_embeddings"]), features=False).labels
         pred = predict_eval(method, job)
         if job.get("gcd_split"):
             with np.load(job["gcd_split"]) as split:
@@ -84,7 +84,8 @@ def trial_objective(
             rows = split["val_idx"]
         if not len(rows):
             raise ValueError("a GCD search needs held-out labelled images (--gcd-val-frac > 0)")
-        labels = ArtifactStore.read_embeddings(Path(job["fit_embeddings"])).labels[rows]
+        fit = ArtifactStore.read_embeddings(Path(job["fit_embeddings"]), features=False)
+        labels = fit.labels[rows]
         return finite(hungarian_acc(labels, _fit_predictions(method, inputs)[rows]), mode)
     if name in diagnostics:
         return finite(diagnostics[name], mode)

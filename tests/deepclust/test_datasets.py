@@ -1,4 +1,5 @@
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +132,67 @@ def test_cifar10_parquet_layout_from_shared_data(cifar10_dir):
     ds = DATASETS.get("cifar10").load("test", cifar10_dir.parent, False)
     assert len(ds) == 10_000 and ds.num_classes == 10 and ds.class_names[0] == "airplane"
     assert np.bincount(ds.labels).tolist() == [1000] * 10
+
+
+def _shards(root: Path, n_files: int = 2, rows: int = 15, row_group: int = 4) -> Path:
+    """``n_files`` shards of ``rows`` images in row groups of ``row_group`` rows; image i's
+    label is i % 2 and its pixels are seeded by i, so idx order is checkable."""
+    import pyarrow as pa
+
+    from tests.conftest import make_images
+
+    root.mkdir()
+    for f in range(n_files):
+        images, labels = make_images(rows, seed=f)
+        table = pa.table({"image": pa.array(images, pa.binary()), "label": labels})
+        pq.write_table(table, root / f"part-{f}.parquet", row_group_size=row_group)
+    return root
+
+
+def _all_rows(ds) -> dict:
+    from deepclust.datasets import read_parquet_part
+
+    src = ds.parquet
+    batches = [b for p in src.parts for b in read_parquet_part(p, "image", "label", rows=3)]
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def test_parquet_idx_is_stable_across_files_and_row_groups(tmp_path, monkeypatch):
+    from deepclust import datasets
+    from tests.conftest import make_images
+
+    monkeypatch.setattr(datasets, "PARQUET_PART_ROWS", 3)  # split row groups into parts too
+    ds = resolve_dataset(f"parquet:{_shards(tmp_path / 'shards')}").load("all", tmp_path, False)
+    rows = _all_rows(ds)
+    expected = make_images(15, seed=0)[0] + make_images(15, seed=1)[0]  # file, then row order
+    np.testing.assert_array_equal(rows["idx"], np.arange(30))
+    assert list(rows["encoded"]) == expected
+    np.testing.assert_array_equal(rows["label"], ds.labels)
+    np.testing.assert_array_equal(ds.labels, np.r_[np.arange(15) % 2, np.arange(15) % 2])
+    assert max(p.num_rows for p in ds.parquet.parts) == 3 and len(ds.parquet) == 30
+    assert ds.describe(17).endswith("part-1.parquet row 2")
+    assert ds.source_item(17) == expected[17] and ds.source_item(3) == expected[3]
+    batches = list(ds.batches(7))  # exact batch sizes across parts
+    assert [len(b["idx"]) for b in batches] == [7, 7, 7, 7, 2]
+    assert list(np.concatenate([b["encoded"] for b in batches])) == expected
+    head = ds.subset(10)
+    assert len(head.parquet) == 10 and list(_all_rows(head)["idx"]) == list(range(10))
+
+
+def test_a_parquet_imageset_holds_no_image_bytes(tiny_parquet, monkeypatch):
+    """The driver reads footers and the label column only: any read of the image column
+    while loading fails this test, and the ImageSet holds a manifest, not bytes."""
+    read_table, columns_read = pq.read_table, []
+
+    def spy(source, *args, columns=None, **kwargs):
+        columns_read.append(columns)
+        return read_table(source, *args, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", spy)
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", None)  # would fail if called
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", None)
+    ds = resolve_dataset(f"parquet:{tiny_parquet}").load("all", Path("."), False)
+    assert columns_read == [["label"]]
+    assert ds.encoded is None and ds.pixels is None and ds.parquet is not None
+    assert ds.source_column == "encoded" and len(ds) == 24
+    assert len(pickle.dumps(ds)) < 4096  # tiny_parquet holds ~24 KB of PNGs

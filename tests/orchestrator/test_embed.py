@@ -86,3 +86,43 @@ def test_unreadable_images_are_reported_by_index_and_nothing_is_cached(
     assert "idx 7" in message and "corrupt.parquet row 5" in message and "\n" not in message
     directory = store.embeddings_dir(ds.name, ds.split, OPTS.backbone)
     assert not directory.exists() and not list(directory.parent.glob(".*tmp*"))
+
+
+def test_parquet_shards_are_read_on_the_workers_and_embed_as_in_memory(
+    ray_cluster, tmp_path, monkeypatch
+):
+    """Two shards in row groups of 5, cut into read parts of 4 rows: the Ray Data read gives
+    every idx once, the file's labels, and the same embeddings row for row as the same bytes
+    held in memory. The driver never reads a part (its copy of the reader is broken here;
+    the workers import their own)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deepclust import datasets
+    from deepclust.datasets import ImageSet
+    from tests.conftest import make_images
+
+    monkeypatch.setattr(datasets, "PARQUET_PART_ROWS", 4)
+    (tmp_path / "shards").mkdir()
+    shards = [make_images(10, seed=s) for s in (0, 1)]
+    for s, (images, labels) in enumerate(shards):
+        table = pa.table({"image": pa.array(images, pa.binary()), "label": labels})
+        pq.write_table(table, tmp_path / "shards" / f"{s}.parquet", row_group_size=5)
+    ds = resolve_dataset(f"parquet:{tmp_path / 'shards'}").load("all", tmp_path, False)
+    monkeypatch.setattr(embed_mod, "read_parquet_part", None)
+    store = ArtifactStore(tmp_path / "out")
+    emb = ensure_embeddings(ds, OPTS, store, ray_cluster)
+    images = shards[0][0] + shards[1][0]
+    in_memory = ImageSet(
+        name="in-memory",
+        split="all",
+        labels=ds.labels,
+        num_classes=2,
+        class_names=("0", "1"),
+        fingerprint="same-bytes",
+        encoded=pa.array(images, pa.binary()),
+    )
+    reference = ensure_embeddings(in_memory, OPTS, store, ray_cluster)
+    np.testing.assert_array_equal(emb.labels, np.r_[np.arange(10) % 2, np.arange(10) % 2])
+    np.testing.assert_array_equal(emb.labels, reference.labels)
+    np.testing.assert_allclose(emb.features, reference.features, atol=1e-6)
