@@ -1,57 +1,347 @@
-"""The only place that calls ``ray.init``.
+"""The only place that calls ``ray.init``, and where the sweep learns the cluster it will have.
+(Ray is imported on first use: the CLI answers ``--help`` and one-line errors without it.)
 
-Connects to ``address`` (or ``$RAY_ADDRESS``, e.g. on a cluster started with ``ray up``), else
-starts a local Ray with the dashboard (``ray[default]`` is a dependency: Train V2's
-placement-group cleanup needs the State API, see shared/spec/ray-notes.md section 8.1).
+Connects to ``address`` (or ``$RAY_ADDRESS``, e.g. a job submitted to a ``ray up`` cluster),
+else starts a local Ray with the dashboard (``ray[default]`` is a dependency: Train V2's
+placement-group cleanup needs the State API).
+
+Every resource decision of a sweep (embedding actors, kNN shards, trials at once, the default
+budget and fidelity) is made from :class:`ClusterResources`, the cluster the sweep *can grow
+to*, not the nodes alive when it starts: on an autoscaling cluster the start is exactly when
+no worker exists yet. The capacity comes from, in order:
+
+1. ``--gpus N`` (a cluster without an autoscaler whose nodes join by hand);
+2. the autoscaler's own configuration, read on the head node where the driver of a
+   ``ray job submit`` runs: the monitor process named in the GCS autoscaling status was
+   started with ``--autoscaling-config``; ``~/ray_bootstrap_config.yaml`` is the file
+   ``ray up`` writes there;
+3. the nodes alive now (a local Ray, a static cluster).
+
+Where the capacity exceeds what is alive, the autoscaler is asked for it
+(``ray.autoscaler.sdk.request_resources``) and the sweep waits, with a progress bar, until the
+first node that can run its work has joined (``--cluster-timeout`` ends the wait with one
+line). Later nodes join while the sweep runs: the embedding actor pool grows to one actor per
+GPU, and pending kNN shards, trials and seed runs keep the autoscaler busy. The request is
+withdrawn when the sweep closes its session, so idle nodes can go.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
-import ray
+from deepclust.errors import UserError
 
 log = logging.getLogger(__name__)
+
+BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")  # where `ray up` puts it on the head
+DEFAULT_CLUSTER_TIMEOUT_S = 900  # a cloud GPU node with a large image takes minutes to join
 
 
 @dataclass(frozen=True)
 class ClusterResources:
+    """The cluster a sweep plans for: what it can grow to (``cpus``, ``gpus``) and what is
+    alive (``live_*``). CPUs are never invented: a cluster with none is an error."""
+
     cpus: int
     gpus: int
     # CPUs of the largest node: one task can never ask for more (cluster totals would leave it
     # unschedulable on a multi-node CPU cluster); 0 means "as many as the totals"
     node_cpus: int = 0
+    # CPUs that come with each GPU on the GPU nodes (their CPUs / their GPUs): what a GPU Train
+    # worker may ask for to decode and augment its images in parallel
+    cpus_per_gpu: int = 0
+    live_cpus: int = -1  # -1: the same as the capacity
+    live_gpus: int = -1
+    source: str = "live nodes"
 
     def task_cpus(self, tasks: int) -> int:
         """CPUs for each of ``tasks`` tasks that share the cluster's CPUs (>= 1, <= a node's)."""
         share = max(1, self.cpus // max(1, tasks))
         return min(share, self.node_cpus) if self.node_cpus else share
 
+    def train_worker_cpus(self, use_gpu: bool) -> int:
+        """CPUs one Ray Train worker reserves: on a GPU, its GPU's share of the node's CPUs
+        less one left for trial drivers and decode tasks (the rest decode and augment its
+        images in parallel); on CPUs one (its torch threads use the share it is given)."""
+        return max(1, self.cpus_per_gpu - 1) if use_gpu else 1
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> ClusterResources:
-    """Start or join Ray once per process and return the cluster's CPU/GPU totals."""
+    @property
+    def alive(self) -> tuple[int, int]:
+        """(CPUs, GPUs) alive now."""
+        cpus = self.cpus if self.live_cpus < 0 else self.live_cpus
+        return cpus, self.gpus if self.live_gpus < 0 else self.live_gpus
+
+    def describe(self) -> str:
+        cpus, gpus = self.alive
+        text = f"{self.cpus} CPUs, {self.gpus} GPUs ({self.source})"
+        if (cpus, gpus) != (self.cpus, self.gpus):
+            text += f"; alive now: {cpus} CPUs, {gpus} GPUs"
+        return text
+
+
+# --- the autoscaler's configuration ------------------------------------------------------
+
+
+def _node_types(config: dict[str, Any]) -> list[tuple[str, dict[str, float], int]]:
+    """(name, resources, most nodes) of each node type; the head counts once."""
+    types = config.get("available_node_types") or {}
+    head = config.get("head_node_type")
+    out = []
+    for name, spec in types.items():
+        resources = {k: float(v) for k, v in (spec.get("resources") or {}).items()}
+        most = 1 if name == head else int(spec.get("max_workers", 0))
+        out.append((name, resources, most))
+    return out
+
+
+def config_capacity(config: dict[str, Any]) -> tuple[ClusterResources | None, list[str]]:
+    """What an autoscaler configuration lets the cluster grow to, and warnings.
+
+    Each worker type counts ``max_workers`` nodes, GPU types first, until the cluster-wide
+    ``max_workers`` is used up. A type that declares no CPU/GPU (``resources: {}``, filled in
+    later from the cloud's instance catalogue) cannot be counted; it is named in a warning.
+    """
+    head = config.get("head_node_type")
+    remaining = int(config.get("max_workers", 10**9))
+    cpus = gpus = node_cpus = 0
+    per_gpu: list[int] = []
+    warnings = []
+    ordered = sorted(_node_types(config), key=lambda t: (t[0] != head, -t[1].get("GPU", 0)))
+    for name, resources, most in ordered:
+        if name != head:
+            most, remaining = min(most, remaining), remaining - min(most, remaining)
+            if most and "CPU" not in resources and "GPU" not in resources:
+                warnings.append(
+                    f"node type '{name}' declares no CPU/GPU resources, so its nodes cannot be "
+                    "counted; declare them in the cluster config or pass --gpus N"
+                )
+                continue
+        if not most:
+            continue
+        node_cpu, node_gpu = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
+        cpus, gpus = cpus + most * node_cpu, gpus + most * node_gpu
+        node_cpus = max(node_cpus, node_cpu)
+        if node_gpu:
+            per_gpu.append(node_cpu // node_gpu)
+    if not cpus and not gpus:
+        return None, warnings
+    return ClusterResources(cpus, gpus, node_cpus, min(per_gpu, default=0)), warnings
+
+
+def _monitor_config_path(status: dict[str, Any]) -> Path | None:
+    """The ``--autoscaling-config`` of the autoscaler process, when it runs on this machine."""
+    pid = status.get("monitor_pid")
+    try:
+        argv = Path(f"/proc/{int(pid)}/cmdline").read_bytes().split(b"\0")
+        cwd = Path(os.readlink(f"/proc/{int(pid)}/cwd"))
+    except (TypeError, ValueError, OSError):
+        return None
+    for i, arg in enumerate(a.decode(errors="replace") for a in argv):
+        if arg.startswith("--autoscaling-config"):
+            value = arg.partition("=")[2] or (argv[i + 1].decode() if i + 1 < len(argv) else "")
+            path = Path(value).expanduser()
+            return path if path.is_absolute() else cwd / path
+    return None
+
+
+def autoscaler_config() -> tuple[dict[str, Any] | None, str]:
+    """The running autoscaler's cluster configuration (None where there is none) and where it
+    was read. Needs a connected Ray."""
+    import yaml
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(b"__autoscaling_status", namespace=None)
+    if not raw:
+        return None, ""  # no autoscaler runs for this cluster
+    try:
+        status = json.loads(raw)
+    except ValueError:
+        status = {}
+    for path in (_monitor_config_path(status), BOOTSTRAP_CONFIG.expanduser()):
+        if path is not None and path.is_file():
+            try:
+                config = yaml.safe_load(path.read_text())
+            except (OSError, yaml.YAMLError) as exc:
+                log.warning("cannot read the autoscaler config %s: %s", path, exc)
+                continue
+            if isinstance(config, dict):
+                return config, str(path)
+    log.warning(
+        "an autoscaler runs, but its configuration is not readable from this machine; the "
+        "sweep plans for the nodes alive now (pass --gpus N to plan for N GPUs)"
+    )
+    return None, ""
+
+
+# --- what is alive ---------------------------------------------------------------------
+
+
+def live_resources() -> ClusterResources:
+    """The alive nodes' totals (no CPU is assumed where the cluster reports none)."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    cpus = int(sum(n.get("CPU", 0) for n in nodes))
+    gpus = int(sum(n.get("GPU", 0) for n in nodes))
+    per_gpu = [int(n.get("CPU", 0) // n["GPU"]) for n in nodes if n.get("GPU")]
+    return ClusterResources(
+        cpus,
+        gpus,
+        node_cpus=int(max((n.get("CPU", 0) for n in nodes), default=0)),
+        cpus_per_gpu=min(per_gpu, default=0),
+    )
+
+
+def plan_resources(
+    live: ClusterResources,
+    config: ClusterResources | None,
+    gpus: int | None = None,
+    source: str = "",
+) -> ClusterResources:
+    """The capacity to plan for: the larger of the alive nodes and the autoscaler's
+    configuration, with ``gpus`` (``--gpus``) overriding the GPU count."""
+    best = config or live
+    if gpus is not None:
+        origin = "--gpus"
+    elif config is not None and (config.cpus > live.cpus or config.gpus > live.gpus):
+        origin = f"autoscaler config {source}"
+    else:
+        origin = "live nodes"
+    plan = ClusterResources(
+        cpus=best.cpus,
+        gpus=max(live.gpus, best.gpus) if gpus is None else gpus,
+        node_cpus=best.node_cpus,
+        cpus_per_gpu=best.cpus_per_gpu,
+        source=origin,
+    )
+    return _with_live(plan, live)
+
+
+def _usable(plan: ClusterResources, live: ClusterResources) -> bool:
+    """Whether the alive nodes can run the sweep's work: a GPU where the plan has GPUs (every
+    stage then asks for one), else a CPU."""
+    return live.gpus > 0 if plan.gpus else live.cpus > 0
+
+
+def wait_for_nodes(plan: ClusterResources, timeout_s: float) -> ClusterResources:
+    """Ask the autoscaler for the planned capacity and wait until a node that can run the
+    sweep's work is alive; return the plan with the alive counts updated."""
+    from ray.autoscaler.sdk import request_resources
+
+    if plan.gpus:
+        request_resources(bundles=[{"GPU": 1}] * plan.gpus)
+    else:
+        request_resources(num_cpus=plan.cpus)
+    from tqdm.auto import tqdm
+
+    unit = "GPU" if plan.gpus else "CPU"
+    target = plan.gpus or plan.cpus
+    deadline = time.monotonic() + timeout_s
+    with tqdm(total=target, desc=f"waiting for cluster {unit}s", unit=unit) as bar:
+        while True:
+            live = live_resources()
+            bar.n = min(target, live.gpus if plan.gpus else live.cpus)
+            bar.refresh()
+            if _usable(plan, live) or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+    if not _usable(plan, live):
+        raise UserError(
+            f"no node with a {unit} joined the cluster within {timeout_s:.0f} s (planned: "
+            f"{plan.describe()}); check `ray status` and the autoscaler log "
+            "(monitor.out), raise --cluster-timeout, or pass --gpus 0 to run on CPUs"
+        )
+    return _with_live(plan, live)
+
+
+def _with_live(plan: ClusterResources, live: ClusterResources) -> ClusterResources:
+    return replace(
+        plan,
+        cpus=max(plan.cpus, live.cpus),
+        node_cpus=max(plan.node_cpus, live.node_cpus),
+        cpus_per_gpu=max(plan.cpus_per_gpu, live.cpus_per_gpu),
+        live_cpus=live.cpus,
+        live_gpus=live.gpus,
+    )
+
+
+def clear_request() -> None:
+    """Withdraw this driver's resource request so idle nodes can be scaled down."""
+    from ray.autoscaler.sdk import request_resources
+
+    try:
+        request_resources(bundles=[])
+    except Exception as exc:  # the cluster may already be gone; nothing to withdraw then
+        log.debug("could not withdraw the resource request: %s", exc)
+
+
+def init_ray(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    gpus: int | None = None,
+    timeout_s: float = DEFAULT_CLUSTER_TIMEOUT_S,
+) -> ClusterResources:
+    """Start or join Ray once per process and return the cluster the sweep plans for."""
+    import ray
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network here, no prompt
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         kwargs = {"num_cpus": num_cpus} if address is None and num_cpus else {}
-        context = ray.init(address=address, logging_level=logging.WARNING, **kwargs)
+        context = ray.init(
+            address=address,
+            logging_level=logging.WARNING,
+            # Train V2 runs appear in the dashboard's Train view only with state tracking
+            runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}},
+            **kwargs,
+        )
         url = getattr(context, "dashboard_url", None)
         if url:  # on a cluster: `ray dashboard cluster.yaml` forwards it to this machine
-            log.info("ray dashboard: http://%s", url.removeprefix("http://"))
-    res = ray.cluster_resources()
-    per_node = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
-    out = ClusterResources(
-        cpus=int(res.get("CPU", 1)),
-        gpus=int(res.get("GPU", 0)),
-        node_cpus=max(1, int(max(per_node, default=res.get("CPU", 1)))),
-    )
-    log.info("ray: %d CPUs, %d GPUs", out.cpus, out.gpus)
-    return out
+            log.info("ray dashboard: http://%s%s", url.removeprefix("http://"), _token_hint())
+    live = live_resources()
+    config, where = autoscaler_config()
+    capacity = None
+    if config is not None:
+        capacity, warnings = config_capacity(config)
+        for line in warnings:
+            log.warning("%s (%s)", line, where)
+    plan = plan_resources(live, capacity, gpus, where)
+    if plan.live_cpus < plan.cpus or plan.live_gpus < plan.gpus:
+        log.info("cluster: up to %s; asking the autoscaler for it", plan.describe())
+        plan = wait_for_nodes(plan, timeout_s)
+    if plan.cpus < 1:
+        raise UserError(
+            f"the cluster has no CPUs ({plan.describe()}); add a node with CPUs, or declare "
+            "the worker types' resources in the autoscaler config"
+        )
+    log.info("cluster: %s", plan.describe())
+    return plan
+
+
+def _token_hint() -> str:
+    """Where the dashboard's token comes from, when the cluster asks for one (a local Ray
+    2.60 turns token authentication on by default)."""
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+        enabled = is_token_auth_enabled()
+    except ImportError:  # a Ray without token authentication
+        return ""
+    if not enabled:
+        return ""
+    where = os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token"
+    return f" (it asks for the cluster's token: `ray get-auth-token` prints it, from {where})"
 
 
 def shutdown_ray() -> None:
+    import ray
+
     if ray.is_initialized():
         ray.shutdown()
 
@@ -59,16 +349,27 @@ def shutdown_ray() -> None:
 class RaySession:
     """Ray started on first need: a fully cached sweep never pays for ``ray.init``."""
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        gpus: int | None = None,
+        timeout_s: float = DEFAULT_CLUSTER_TIMEOUT_S,
+    ) -> None:
         self._address, self._num_cpus = address, num_cpus
+        self._gpus, self._timeout_s = gpus, timeout_s
         self._resources: ClusterResources | None = None
 
     def resources(self) -> ClusterResources:
+        import ray
+
         if self._resources is None or not ray.is_initialized():  # (re)joins after a shutdown
-            self._resources = init_ray(self._address, self._num_cpus)
+            self._resources = init_ray(self._address, self._num_cpus, self._gpus, self._timeout_s)
         return self._resources
 
     def close(self) -> None:
         if self._resources is not None:
+            if self._resources.source != "live nodes":  # only a planned cluster asked for nodes
+                clear_request()
             shutdown_ray()
             self._resources = None

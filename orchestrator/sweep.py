@@ -29,6 +29,7 @@ from deepclust.backbones import DEFAULT_BACKBONE, resolve_backbone
 from deepclust.datasets import DATASETS, DatasetUnavailable, resolve_dataset
 from deepclust.errors import UserError
 from deepclust.knn import BACKENDS
+from orchestrator.ray_env import DEFAULT_CLUSTER_TIMEOUT_S
 from search_spaces import FIDELITIES
 from trainables.methods import METHODS
 
@@ -165,6 +166,27 @@ def add_common_arguments(p: argparse.ArgumentParser, seeds: str = "0") -> None:
         help="join this Ray cluster (default: $RAY_ADDRESS, else start a local one)",
     )
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="plan for N GPUs (embedding actors, kNN shards, trials at once) on a cluster "
+        "without an autoscaler config; 0 runs everything on CPUs (default: what the "
+        "autoscaler can grow the cluster to, else the GPUs alive)",
+    )
+    p.add_argument(
+        "--cluster-timeout",
+        type=float,
+        default=DEFAULT_CLUSTER_TIMEOUT_S,
+        help="seconds to wait for the first node that can run the work to join "
+        f"(default: {DEFAULT_CLUSTER_TIMEOUT_S})",
+    )
+    p.add_argument(
+        "--cpu-workers",
+        action="store_true",
+        help="train on CPUs (Ray Train workers with gloo, trials and seed runs without a GPU) "
+        "even where the cluster has GPUs",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -223,7 +245,7 @@ def _settings(args: argparse.Namespace, explicit_root: bool):
         batch_size=args.batch_size,
         setting=setting,
         gcd_val_frac=args.gcd_val_frac,
-        train_on_gpu=not getattr(args, "cpu_workers", False),
+        train_on_gpu=not args.cpu_workers,
     )
 
 
@@ -264,12 +286,32 @@ def search_options(args: argparse.Namespace, ray_session, seed: int):
 
     if args.budget == 0 and args.fidelity is None and not args.smoke_test:
         return None
-    budget, fidelity = BUDGET_GPU if ray_session.resources().gpus else BUDGET_CPU
+    gpus = ray_session.resources().gpus if not args.cpu_workers else 0
+    budget, fidelity = BUDGET_GPU if gpus else BUDGET_CPU
     if args.smoke_test:
         budget, fidelity = 2, "smoke"
     budget = budget if args.budget is None else args.budget
     fidelity = args.fidelity or fidelity
-    return SearchOptions(budget, fidelity, args.oracle, args.resume, args.trial_workers, seed=seed)
+    return SearchOptions(
+        budget,
+        fidelity,
+        args.oracle,
+        args.resume,
+        args.trial_workers,
+        seed=seed,
+        use_gpus=not args.cpu_workers,
+    )
+
+
+def ray_session_for(args: argparse.Namespace):
+    """The RaySession the CLI flags describe (Ray itself starts on first need)."""
+    from orchestrator.ray_env import RaySession
+
+    if args.gpus is not None and args.gpus < 0:
+        raise UserError(f"--gpus must be >= 0, got {args.gpus}")
+    if args.cluster_timeout <= 0:
+        raise UserError(f"--cluster-timeout must be > 0 seconds, got {args.cluster_timeout}")
+    return RaySession(args.ray_address, args.num_cpus, args.gpus, args.cluster_timeout)
 
 
 def run(args: argparse.Namespace, explicit_root: bool) -> int:
@@ -282,9 +324,8 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
     store = ArtifactStore(settings.output)
     if chosen:
         from orchestrator.pipeline import run_benchmark
-        from orchestrator.ray_env import RaySession
 
-        ray_session = RaySession(args.ray_address, args.num_cpus)
+        ray_session = ray_session_for(args)
         failed: list[str] = []
         try:
             search = search_options(args, ray_session, settings.seeds[0])

@@ -20,7 +20,7 @@ import time
 from deepclust.artifacts import ArtifactStore
 from deepclust.config import from_dict, parse_override
 from deepclust.errors import UserError
-from orchestrator.sweep import _select, _settings, add_common_arguments, run_cli
+from orchestrator.sweep import _select, _settings, add_common_arguments, ray_session_for, run_cli
 from trainables.methods import METHODS
 
 
@@ -55,11 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="Ray Train DDP workers (default 1); 0 trains a cached-embedding head in this "
         "process, without Ray Train",
-    )
-    p.add_argument(
-        "--cpu-workers",
-        action="store_true",
-        help="Ray Train workers on CPU (gloo) even where the cluster has GPUs",
     )
     p.add_argument(
         "--epochs", type=int, default=None, help="training epochs (finetune epochs with --finetune)"
@@ -105,7 +100,6 @@ def _has_finetune(name: str) -> bool:
 def run(args: argparse.Namespace, explicit_root: bool) -> int:
     from orchestrator.leaderboard import write_leaderboard
     from orchestrator.pipeline import BenchmarkSplits, MethodRun, run_benchmark
-    from orchestrator.ray_env import RaySession
 
     args.methods, args.seeds = args.method, str(args.seed)
     settings = _settings(args, explicit_root)
@@ -133,7 +127,7 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
         args.method, args.seed, overrides, args.workers, args.subset, parent_overrides
     )
     store = ArtifactStore(settings.output)
-    session = RaySession(args.ray_address, args.num_cpus)
+    session = ray_session_for(args)
     t0 = time.perf_counter()
     try:
         (result,) = run_benchmark(splits, settings, store, session, [run_spec])

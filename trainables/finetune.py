@@ -87,9 +87,31 @@ def load_rgb(source) -> Image.Image:
     return open_image(source).convert("RGB")
 
 
-def augmented_batch(images, ids: Tensor, transform) -> Tensor:
-    """(n,) image ids of an ImageSet -> (n, 3, S, S) augmented tensors (torch RNG driven)."""
-    return torch.stack([transform(load_rgb(images.source_item(int(i)))) for i in ids])
+def item_seed(epoch_stream: int, step: int, view: int, position: int) -> int:
+    """The augmentation seed of one image of one step: each image draws from its own stream,
+    so a batch is the same however many processes augment it."""
+    return int(np.random.SeedSequence([epoch_stream, step, view, position]).generate_state(1)[0])
+
+
+def augment_item(images, transforms: dict, item: tuple[int, str, int]) -> Tensor:
+    """One (image id, augmentation kind, seed) -> (3, S, S); the caller's torch RNG stream is
+    left as it was (the model's own randomness must not depend on the augmentations)."""
+    idx, kind, seed = item
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transforms[kind](load_rgb(images.source_item(idx)))
+
+
+_WORKER: dict = {}  # a loader process's images and transforms (set once, at fork)
+
+
+def _init_worker(images, transforms) -> None:
+    torch.set_num_threads(1)
+    _WORKER.update(images=images, transforms=transforms)
+
+
+def _augment_chunk(items: list[tuple[int, str, int]]) -> list[Tensor]:
+    return [augment_item(_WORKER["images"], _WORKER["transforms"], it) for it in items]
 
 
 def build_trainable_backbone(name: str, weights_file: str | None, n_blocks: int) -> nn.Module:
@@ -143,23 +165,65 @@ class ImageSteps:
         seed: int,
         rank: int,
         step_fn: Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict]],
+        loader_workers: int = 0,
     ) -> None:
         pp = Preprocess.from_timm_cfg(pretrained_cfg)
         self.images, self.sample, self.views, self.batch = images, sample, views, batch
         self.transforms = {kind: train_transform(pp, kind) for kind in set(views.values())}
         self.seed, self.rank, self.step_fn = seed, rank, step_fn
+        self.loader_workers = loader_workers
+
+    def _items(self, ids: dict[str, Tensor], stream: int, step: int) -> list[tuple[int, str, int]]:
+        """Every image of one step's views as (image id, augmentation kind, seed)."""
+        return [
+            (int(i), self.views[key], item_seed(stream, step, view, pos))
+            for view, key in enumerate(sorted(k for k in ids if k in self.views))
+            for pos, i in enumerate(ids[key])
+        ]
 
     def batches(self, epoch: int, steps: int):
+        """``steps`` batches of one epoch. With ``loader_workers`` the next step's images are
+        decoded and augmented by forked processes while this step trains."""
         gen = epoch_generator(self.seed, self.rank, epoch)
-        torch.manual_seed(epoch_seed(self.seed, self.rank, epoch))  # the augmentations
-        for _ in range(steps):
-            ids = self.sample(self.batch, gen)
-            yield {
-                key: augmented_batch(self.images, v, self.transforms[self.views[key]])
-                if key in self.views
-                else v
-                for key, v in ids.items()
-            }
+        stream = epoch_seed(self.seed, self.rank, epoch)
+        pool = None
+        if self.loader_workers > 0 and steps:
+            ctx = torch.multiprocessing.get_context("fork")  # the images are inherited, not sent
+            pool = ctx.Pool(self.loader_workers, _init_worker, (self.images, self.transforms))
+
+        def draw(step: int):
+            ids = self.sample(self.batch, gen)  # in step order: the same stream as unprefetched
+            items = self._items(ids, stream, step)
+            if pool is None:
+                return ids, items, None
+            size = max(1, math.ceil(len(items) / self.loader_workers))
+            chunks = [items[i : i + size] for i in range(0, len(items), size)]
+            return ids, items, pool.map_async(_augment_chunk, chunks)
+
+        try:
+            pending = draw(0) if steps else None
+            for step in range(steps):
+                ids, items, handle = pending
+                pending = draw(step + 1) if step + 1 < steps else None
+                if handle is None:
+                    tensors = [augment_item(self.images, self.transforms, it) for it in items]
+                else:
+                    tensors = [t for chunk in handle.get() for t in chunk]
+                yield self._assemble(ids, tensors)
+        finally:
+            if pool is not None:
+                pool.terminate()
+
+    def _assemble(self, ids: dict[str, Tensor], tensors: list[Tensor]) -> dict[str, Tensor]:
+        out, start = {}, 0
+        for key in sorted(ids):
+            if key in self.views:
+                n = len(ids[key])
+                out[key] = torch.stack(tensors[start : start + n])
+                start += n
+            else:
+                out[key] = ids[key]
+        return {key: out[key] for key in ids}
 
     def training_step(self, model: nn.Module, batch: dict[str, Tensor]):
         inner = model.module if hasattr(model, "module") else model
@@ -206,6 +270,7 @@ def finetune_model(
         inputs.seed,
         hooks.world_rank,
         step_fn,
+        hooks.loader_workers,
     )
     cfg = LoopConfig(
         epochs=opts.ft_epochs,

@@ -61,6 +61,9 @@ class LoopHooks:
     device: torch.device = field(default_factory=lambda: default_device())
     world_rank: int = 0
     world_size: int = 1
+    # processes that decode and augment finetune images beside this one (0: in this process);
+    # the batches are the same for any count
+    loader_workers: int = 0
     # a search asks for the method's search objective at every report (methods with
     # ``reports_objective`` then set ``evaluate``); evaluate(model) -> metrics to merge
     want_objective: bool = False

@@ -64,6 +64,8 @@ def train_worker(job: dict[str, Any]) -> None:
         device=rtt.get_device(),
         world_rank=rank,
         world_size=world,
+        # the CPUs this worker reserved beyond its own process decode and augment its images
+        loader_workers=max(0, int(job.get("train_cpus", 1)) - 1),
         want_objective=bool(search),
     )
     diagnostics = method.fit(fit_inputs, hooks)
@@ -95,7 +97,15 @@ def trainer(
     return rtt.TorchTrainer(
         train_worker,
         train_loop_config=job,
-        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            # a GPU worker's share of its node's CPUs decodes and augments its images
+            resources_per_worker={
+                "CPU": int(job.get("train_cpus", 1)),
+                **({"GPU": 1} if use_gpu else {}),
+            },
+        ),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=str(Path(storage).resolve()),

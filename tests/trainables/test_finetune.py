@@ -84,3 +84,46 @@ def test_finetune_trains_the_last_block_and_predicts_images(name, tiny_images):
     pred = method.predict_images(images)
     assert pred.shape == (len(images),) and pred.dtype == np.int64
     assert pred.min() >= 0 and pred.max() < 2
+
+
+def test_augmented_batches_do_not_depend_on_the_loader_processes(tiny_images):
+    """Forked loader processes augment the next step while this one trains: every image draws
+    from its own seed, so the batches equal the in-process ones, and the caller's torch RNG
+    stream (the model's dropout) is untouched by the augmentations."""
+    from trainables.finetune import ImageSteps
+
+    images = tiny_images[0]
+    backbone, _ = build_backbone(DEFAULT_BACKBONE)
+
+    def sample(b, gen):
+        rows = torch.randint(0, len(images), (b,), generator=gen)
+        return {"weak": rows, "strong": rows, "mask": rows % 2}
+
+    def batches(workers: int) -> list[dict]:
+        steps = ImageSteps(
+            images,
+            backbone.pretrained_cfg,
+            sample,
+            {"weak": "none", "strong": "simclr"},
+            batch=4,
+            seed=3,
+            rank=0,
+            step_fn=None,
+            loader_workers=workers,
+        )
+        torch.manual_seed(0)
+        out = list(steps.batches(epoch=1, steps=3))
+        out.append({"after": torch.rand(2)})  # the global stream after the epoch
+        return out
+
+    in_process, forked = batches(0), batches(2)
+    assert len(in_process) == len(forked) == 4
+    for a, b in zip(in_process, forked, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    torch.manual_seed(0)
+    assert torch.equal(in_process[-1]["after"], torch.rand(2))
+    first = in_process[0]
+    assert first["weak"].shape == (4, 3, 224, 224)
+    assert not torch.equal(first["weak"], first["strong"])  # the two views differ

@@ -1,0 +1,351 @@
+"""The cluster users get from ``ray up cluster.yaml``, simulated on this machine with Ray's fake
+autoscaling provider: a head with no CPUs and a GPU worker type the autoscaler grows from 0 to
+2 nodes (the GPUs are advertised, not real: nothing here has CUDA, so the work runs on CPU
+while Ray places it as on a GPU cluster).
+
+The sweep is submitted with ``ray job submit`` as a user would, while no worker exists. Shown:
+it plans for the cluster the autoscaler can grow to (2 GPUs) instead of the nodes alive at
+start-up, the autoscaler launches both workers, embedding actors, kNN shards, trials and seed
+runs run on them and never on the head, the job succeeds, and its leaderboard equals a
+single-node run of the same command row for row.
+
+``ray up`` cannot drive the fake provider in Ray 2.60 (the wheel lacks the provider's defaults
+file, and ``ray up`` would terminate the pre-registered head); ``ray start
+--autoscaling-config`` is Ray's own way to test local autoscaling. ``ray job submit
+--working-dir`` fails on fake clusters (every fake node unpacks the working dir into one
+shared session folder), so the job runs from this checkout. Each cluster gets its own ports and
+temp dir and runs in its own process session; only that session's processes are stopped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from tests.conftest import REPO
+
+ray = pytest.importorskip("ray")
+from ray.util import state  # noqa: E402
+
+pytestmark = [
+    pytest.mark.autoscaling,
+    pytest.mark.ray,
+    # the workers' GPUs are advertised, not real: on a CUDA machine the tasks Ray places on
+    # them would see the real GPU and compute in bf16 while the reference run's don't
+    pytest.mark.skipif(torch.cuda.is_available(), reason="simulates GPUs; run on a CPU machine"),
+]
+
+N_IMAGES = 120
+ROWS_PER_GROUP = 30  # 4 Parquet row groups: the embedding work spreads over both actors
+STORE_BYTES = 150 * 2**20
+JOB_TIMEOUT_S = 600
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _autoscaling_config(gcs_port: int) -> dict:
+    """The shape of cluster.yaml: a 0-CPU head and a GPU worker type scaled from 0 to 2."""
+    empty: list = []
+    return {
+        "cluster_name": "fake-autoscaling",
+        "max_workers": 2,
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": f"127.0.0.1:{gcs_port}",  # the fake nodes join this cluster only
+        },
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+            "gpu_worker": {
+                "resources": {"CPU": 1, "GPU": 1, "object_store_memory": STORE_BYTES},
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": 2,
+            },
+        },
+        "head_node_type": "ray.head.default",
+        "auth": {},
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 10,  # the nodes stay while the test reads the state API
+        "docker": {},
+        "file_mounts": {},
+        "cluster_synced_files": empty,
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": empty,
+        "rsync_filter": empty,
+        "initialization_commands": empty,
+        "setup_commands": empty,
+        "head_setup_commands": empty,
+        "worker_setup_commands": empty,
+        "head_start_ray_commands": empty,
+        "worker_start_ray_commands": empty,
+    }
+
+
+class HeadNode:
+    """``ray start --head --block`` in a process session of its own, on private ports."""
+
+    def __init__(self, root: Path, autoscaling: bool, cpus: int, gpus: int) -> None:
+        self.root = root
+        # its own temp dir, short: Ray's socket paths under it must stay within 107 bytes
+        self.temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+        self.gcs_port, self.dashboard_port = _free_port(), _free_port()
+        self.env = {
+            **os.environ,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_AUTH_MODE": "disabled",  # a token file elsewhere on the host must not apply
+            "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+        }
+        self.env.pop("RAY_ADDRESS", None)
+        cmd = [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--head",
+            "--block",
+            f"--port={self.gcs_port}",
+            f"--dashboard-port={self.dashboard_port}",
+            "--dashboard-host=127.0.0.1",
+            f"--ray-client-server-port={_free_port()}",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--temp-dir={self.temp_dir}",
+            f"--num-cpus={cpus}",
+            f"--num-gpus={gpus}",
+            f"--object-store-memory={STORE_BYTES}",
+            "--disable-usage-stats",
+        ]
+        if autoscaling:
+            config = root / "autoscaling.yaml"  # the path the autoscaler process is given
+            config.write_text(yaml.safe_dump(_autoscaling_config(self.gcs_port)))
+            cmd.append(f"--autoscaling-config={config}")
+            self.env["RAY_FAKE_CLUSTER"] = "1"
+        self.log = open(root / "head.log", "w")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            self._wait_ready()
+        except RuntimeError:
+            self.stop()
+            raise
+
+    @property
+    def gcs(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _wait_ready(self, timeout: float = 120.0) -> None:
+        """Until the dashboard answers and the state API lists the head as alive."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited: {(self.root / 'head.log').read_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2):
+                    pass
+                if self.alive_nodes():
+                    return
+            except OSError:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"the head did not come up within {timeout:.0f} s")
+
+    def alive_nodes(self) -> list:
+        return [n for n in state.list_nodes(address=self.gcs, detail=True) if n.state == "ALIVE"]
+
+    def submit(self, command: str, job_id: str) -> str:
+        """``ray job submit`` from the checkout; returns the job's streamed output."""
+        env = {k: v for k, v in self.env.items() if k != "RAY_FAKE_CLUSTER"}
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ray.scripts.scripts",
+                "job",
+                "submit",
+                f"--address={self.dashboard}",
+                f"--submission-id={job_id}",
+                "--",
+                "bash",
+                "-c",
+                f"cd {REPO} && {command}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=JOB_TIMEOUT_S,
+        )
+        return out.stdout + out.stderr
+
+    def job_status(self, job_id: str) -> str:
+        with urllib.request.urlopen(f"{self.dashboard}/api/jobs/{job_id}", timeout=10) as r:
+            return json.loads(r.read())["status"]
+
+    def stop(self) -> None:
+        """Stop every process of this head's session (the fake worker nodes included)."""
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and _session_alive(self.proc.pid):
+                time.sleep(0.2)
+        self.proc.wait(timeout=10)
+        self.log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _session_alive(sid: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":  # field 6 (session), not a zombie
+                return True
+    return False
+
+
+def _sweep_command(parquet: Path, out: Path) -> str:
+    return (
+        f"{sys.executable} -m orchestrator.sweep --benchmark parquet:{parquet} "
+        f"--methods kmeans,scan --budget 2 --fidelity smoke --seeds 0,1 --batch-size 8 "
+        f"--cluster-timeout 180 --output {out}"
+    )
+
+
+def _results(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The leaderboard and every seed run's scores, without what the wall clock decides."""
+    table = pd.read_csv(out / "leaderboard.csv")
+    timing = [c for c in table.columns if c in ("seconds", "compute_s") or "hours" in c]
+    table = table.drop(columns=timing).sort_values(["method", "config_hash"])
+    runs = pd.DataFrame(
+        {k: r[k] for k in ("method", "seed", "config_hash", "acc", "nmi", "ari", "objective_value")}
+        for r in map(json.loads, map(Path.read_text, sorted(out.glob("runs/**/metrics.json"))))
+    ).sort_values(["method", "seed"])
+    return table.reset_index(drop=True), runs.reset_index(drop=True)
+
+
+def _placements(head: HeadNode, workers: set[str], timeout: float = 30.0) -> dict[str, set]:
+    """Node ids of every embedding actor, kNN shard, trial and seed run: polled until each kind
+    was seen on every worker, since task events reach the state API a moment after a task."""
+    deadline = time.monotonic() + timeout
+    while True:
+        actors = state.list_actors(address=head.gcs, limit=10_000, detail=True)
+        tasks = state.list_tasks(address=head.gcs, limit=10_000, detail=True)
+        out: dict[str, set] = {"embed": set(), "trial": set(), "shard": set(), "seed": set()}
+        for a in actors:
+            if "Embedder" in a.class_name:
+                out["embed"].add(a.node_id)
+            elif "run_trial" in a.class_name or "ImplicitFunc" in a.class_name:
+                out["trial"].add(a.node_id)
+        for t in tasks:
+            if t.state != "FINISHED":
+                continue
+            if t.name.endswith(("_search_shard", "_stream_shard")):
+                out["shard"].add(t.node_id)
+            elif t.name.endswith("_run_task"):
+                out["seed"].add(t.node_id)
+        union = set().union(*out.values())
+        if (union == workers and all(out.values())) or time.monotonic() > deadline:
+            return out
+
+
+@pytest.fixture(scope="module")
+def parquet(tmp_path_factory) -> Path:
+    """The first images of scikit-learn's digits as PNGs: 10 classes no method gets all right,
+    so two runs that differ anywhere differ in their scores."""
+    digits = load_digits()
+    images = []
+    for pixels in digits.images[:N_IMAGES]:
+        buf = io.BytesIO()
+        Image.fromarray(np.round(pixels * 255 / 16).astype(np.uint8)).save(buf, format="PNG")
+        images.append(buf.getvalue())
+    labels = digits.target[:N_IMAGES]
+    table = pa.table(
+        {"image": pa.array(images, type=pa.binary()), "label": pa.array(labels, type=pa.int16())}
+    ).replace_schema_metadata({"classes": ",".join(str(c) for c in range(10))})
+    path = tmp_path_factory.mktemp("autoscaling") / "images.parquet"
+    pq.write_table(table, path, row_group_size=ROWS_PER_GROUP)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(parquet, tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The same command on one static node holding the same GPUs (no autoscaler)."""
+    root = tmp_path_factory.mktemp("single")
+    head = HeadNode(root, autoscaling=False, cpus=2, gpus=2)
+    try:
+        log = head.submit(_sweep_command(parquet, root / "out"), "single")
+        assert head.job_status("single") == "SUCCEEDED", log[-3000:]
+    finally:
+        head.stop()
+    return _results(root / "out")
+
+
+def test_the_sweep_grows_an_autoscaling_cluster_and_runs_on_its_workers(
+    parquet, reference, tmp_path_factory
+):
+    root = tmp_path_factory.mktemp("autoscaled")
+    head = HeadNode(root, autoscaling=True, cpus=0, gpus=0)
+    try:
+        alive = head.alive_nodes()
+        assert len(alive) == 1 and not alive[0].resources_total.get("CPU")  # no worker yet
+
+        log = head.submit(_sweep_command(parquet, root / "out"), "autoscaled")
+        assert head.job_status("autoscaled") == "SUCCEEDED", log[-3000:]
+        # planned from the autoscaler's configuration, not from the empty head it started on
+        assert "up to 2 CPUs, 2 GPUs (autoscaler config" in log, log[-3000:]
+        assert "cluster: 2 CPUs, 2 GPUs" in log, log[-3000:]
+        assert "scan search: 2 trials (2 at a time)" in log, log[-3000:]
+
+        nodes = state.list_nodes(address=head.gcs, detail=True)
+        workers = {n.node_id for n in nodes if not n.is_head_node}
+        assert len(workers) == 2, nodes  # the autoscaler launched both workers
+        assert all(n.resources_total.get("GPU") == 1 for n in nodes if n.node_id in workers)
+
+        placed = _placements(head, workers)
+        for kind, where in placed.items():
+            assert where and where <= workers, (kind, where, workers)  # never on the head
+        assert placed["shard"] == workers and placed["trial"] == workers, placed
+        assert set().union(*placed.values()) == workers
+    finally:
+        head.stop()
+
+    table, runs = _results(root / "out")
+    pd.testing.assert_frame_equal(table, reference[0])
+    pd.testing.assert_frame_equal(runs, reference[1])
+    assert set(table["method"]) == {"kmeans", "scan"} and len(runs) == 4  # 2 methods x 2 seeds
+    assert ((0.2 < runs["acc"]) & (runs["acc"] < 1.0)).all()  # a task the rows can differ on
