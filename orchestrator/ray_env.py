@@ -291,13 +291,15 @@ def init_ray(
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network here, no prompt
+    # Train V2 runs appear in the dashboard's Train view only with state tracking, read where
+    # `TorchTrainer.fit()` is called: this process (final runs) and Tune trials (runtime env)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         kwargs = {"num_cpus": num_cpus} if address is None and num_cpus else {}
         context = ray.init(
             address=address,
             logging_level=logging.WARNING,
-            # Train V2 runs appear in the dashboard's Train view only with state tracking
             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}},
             **kwargs,
         )

@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ class SearchOptions:
     trial_workers: int = 0  # 0: train inside the trial; N: Ray Train DDP with N workers
     seed: int = 0  # the trials' training seed and the sampler's seed
     asha: bool = True
+    use_gpus: bool = True  # False (--cpu-workers): trials train on CPUs on a GPU cluster too
 
 
 @dataclass(frozen=True)
@@ -148,11 +149,18 @@ def search_method(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray.tune as tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
+    from orchestrator.optuna_journal import (
+        JournalOptunaSearch,
+        close_abandoned,
+        new_study,
+        open_journal,
+    )
     from trainables.tune_trial import run_trial
 
     resources = ray_session.resources()
+    if not opts.use_gpus:
+        resources = replace(resources, gpus=0)
     slots, per_trial, threads = _concurrency(resources, opts, opts.budget)
     trial_job = {
         **job,
@@ -161,6 +169,7 @@ def search_method(
         "search_mode": mode,
         "trial_workers": opts.trial_workers,
         "use_gpu": resources.gpus > 0,
+        "train_cpus": resources.train_worker_cpus(resources.gpus > 0),
         "train_storage": str((exp_dir / "train").resolve()),
         "cpu_threads": threads,
     }
@@ -178,18 +187,32 @@ def search_method(
                 "checkpoint); delete that folder and rerun"
             )
         log.info("%s search: resuming %s", method, exp_dir)
+        journal = open_journal(root)  # the restored searcher writes on to its study in it
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=False)
     else:
         asha = (
             opts.asha and method_cls.reports_objective and metric == method_cls.search_objective[0]
         )
         space = functools.partial(SPACES.get(method), setting=setting, kmax=kmax)
+        journal = open_journal(root)  # every search's Optuna study, for optuna-dashboard
+        study_attrs = {
+            "method": method,
+            "setting": setting,
+            "benchmark": identity["benchmark"],
+            "fidelity": opts.fidelity,
+            "budget": opts.budget,
+            "tune_folder": str(exp_dir.resolve()),
+        }
+        new_study(journal, name, metric, mode, study_attrs)
+        searcher = JournalOptunaSearch(
+            space=space, metric=metric, mode=mode, seed=opts.seed, storage=journal, study_name=name
+        )
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 metric=metric,
                 mode=mode,
-                search_alg=OptunaSearch(space=space, metric=metric, mode=mode, seed=opts.seed),
+                search_alg=searcher,
                 scheduler=(
                     ASHAScheduler(
                         time_attr="training_iteration",
@@ -228,6 +251,7 @@ def search_method(
     # trial ended repeated it. Each save is tens of kB here, so save at most every second.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     grid = tuner.fit()
+    close_abandoned(journal, name)
     outcome = _best(grid, method, base, metric, mode, opts, exp_dir, time.perf_counter() - t0)
     return outcome, key
 

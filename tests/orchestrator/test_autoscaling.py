@@ -42,6 +42,7 @@ import yaml
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from orchestrator.ray_env import shutdown_ray
 from tests.conftest import REPO
 
 ray = pytest.importorskip("ray")
@@ -305,6 +306,7 @@ def parquet(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(parquet, tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The same command on one static node holding the same GPUs (no autoscaler)."""
+    shutdown_ray()  # the session's local Ray (tests/conftest.py): one Ray cluster at a time
     root = tmp_path_factory.mktemp("single")
     head = HeadNode(root, autoscaling=False, cpus=2, gpus=2)
     try:

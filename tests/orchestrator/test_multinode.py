@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 
+from deepclust import datasets
 from deepclust.artifacts import ArtifactStore
 from deepclust.backbones import DEFAULT_BACKBONE
 from deepclust.datasets import resolve_dataset
@@ -46,7 +47,7 @@ pytestmark = [
 
 STORE_MB = 200 * 2**20
 N_IMAGES = 48
-ROWS_PER_BLOCK = 12  # 4 input blocks, so both embedding actors get work
+ROWS_PER_BLOCK = 12  # 4 input blocks (Parquet read parts), so both embedding actors get work
 
 
 def _free_port() -> int:
@@ -142,7 +143,7 @@ def parquet(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def single(parquet, tmp_path_factory):
     mp = pytest.MonkeyPatch()
-    mp.setattr(embed_mod, "ROWS_PER_BLOCK", ROWS_PER_BLOCK)
+    mp.setattr(datasets, "PARQUET_PART_ROWS", ROWS_PER_BLOCK)
     cluster = _start(workers=0)
     try:  # shut down before the multi-node cluster starts: one Ray cluster at a time
         return _sweep(cluster, parquet, tmp_path_factory.mktemp("single"))
@@ -156,7 +157,7 @@ def single(parquet, tmp_path_factory):
 def multi(single, parquet, tmp_path_factory):
     """The multi-node cluster (kept up for the fault tests) and its sweep."""
     mp = pytest.MonkeyPatch()
-    mp.setattr(embed_mod, "ROWS_PER_BLOCK", ROWS_PER_BLOCK)
+    mp.setattr(datasets, "PARQUET_PART_ROWS", ROWS_PER_BLOCK)
     cluster = _start(workers=2)
     out = tmp_path_factory.mktemp("multi")
     try:
@@ -216,7 +217,7 @@ def test_worker_node_killed_while_embedding_loses_no_row(single, multi, parquet,
 
     thread = threading.Thread(target=killer, daemon=True)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(embed_mod, "ROWS_PER_BLOCK", 4)  # 12 blocks: most are still to come
+        mp.setattr(datasets, "PARQUET_PART_ROWS", 4)  # 12 read parts: most are still to come
         thread.start()
         session = RaySession(address=cluster.address)
         imageset = resolve_dataset(f"parquet:{parquet}").load("all", parquet.parent, False)

@@ -172,6 +172,15 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(parquets, tmp_pa
     assert not changed, f"finished trials ran again (last line before, after): {changed}"
     (record,) = [json.loads(p.read_text()) for p in out.glob(f"tune/*/{SEARCH_FILE}")]
     assert record["trials"] == 4 and "| unic |" in resumed.stdout
+    # the restored searcher went on writing to its Optuna study (optuna-dashboard's journal):
+    # one study, the budget's trials complete once, none left running by the kill
+    from orchestrator.optuna_journal import study_states
+
+    states = study_states(out / "tune")
+    assert list(states) == [Path(record["search_path"]).name], states
+    (trials,) = states.values()
+    assert trials.count("COMPLETE") == 4 and "RUNNING" not in trials, trials
+    assert resumed.stderr.count("optuna dashboard: optuna-dashboard ") == 1
 
     # the leaderboard files and plots rebuild from the run folders, identical
     from orchestrator.leaderboard import leaderboard_files, main
