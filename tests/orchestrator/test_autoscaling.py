@@ -44,6 +44,7 @@ from sklearn.datasets import load_digits
 
 from orchestrator.ray_env import shutdown_ray
 from tests.conftest import REPO
+from tests.orchestrator.placements import placements
 
 ray = pytest.importorskip("ray")
 from ray.util import state  # noqa: E402
@@ -158,11 +159,9 @@ class HeadNode:
             raise
 
     @property
-    def gcs(self) -> str:
-        return f"127.0.0.1:{self.gcs_port}"
-
-    @property
     def dashboard(self) -> str:
+        """Also the state API's address: given the GCS address instead, the state API leaves a
+        GCS client in this process that ends the process a minute after the cluster stops."""
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def _wait_ready(self, timeout: float = 120.0) -> None:
@@ -182,7 +181,9 @@ class HeadNode:
         raise RuntimeError(f"the head did not come up within {timeout:.0f} s")
 
     def alive_nodes(self) -> list:
-        return [n for n in state.list_nodes(address=self.gcs, detail=True) if n.state == "ALIVE"]
+        return [
+            n for n in state.list_nodes(address=self.dashboard, detail=True) if n.state == "ALIVE"
+        ]
 
     def submit(self, command: str, job_id: str) -> str:
         """``ray job submit`` from the checkout; returns the job's streamed output."""
@@ -206,6 +207,7 @@ class HeadNode:
             text=True,
             timeout=JOB_TIMEOUT_S,
         )
+        (self.root / f"{job_id}.log").write_text(out.stdout + out.stderr)  # kept for a look
         return out.stdout + out.stderr
 
     def job_status(self, job_id: str) -> str:
@@ -264,21 +266,7 @@ def _placements(head: HeadNode, workers: set[str], timeout: float = 30.0) -> dic
     was seen on every worker, since task events reach the state API a moment after a task."""
     deadline = time.monotonic() + timeout
     while True:
-        actors = state.list_actors(address=head.gcs, limit=10_000, detail=True)
-        tasks = state.list_tasks(address=head.gcs, limit=10_000, detail=True)
-        out: dict[str, set] = {"embed": set(), "trial": set(), "shard": set(), "seed": set()}
-        for a in actors:
-            if "Embedder" in a.class_name:
-                out["embed"].add(a.node_id)
-            elif "run_trial" in a.class_name or "ImplicitFunc" in a.class_name:
-                out["trial"].add(a.node_id)
-        for t in tasks:
-            if t.state != "FINISHED":
-                continue
-            if t.name.endswith(("_search_shard", "_stream_shard")):
-                out["shard"].add(t.node_id)
-            elif t.name.endswith("_run_task"):
-                out["seed"].add(t.node_id)
+        out, _ = placements(head.dashboard)
         union = set().union(*out.values())
         if (union == workers and all(out.values())) or time.monotonic() > deadline:
             return out
@@ -333,7 +321,7 @@ def test_the_sweep_grows_an_autoscaling_cluster_and_runs_on_its_workers(
         assert "cluster: 2 CPUs, 2 GPUs" in log, log[-3000:]
         assert "scan search: 2 trials (2 at a time)" in log, log[-3000:]
 
-        nodes = state.list_nodes(address=head.gcs, detail=True)
+        nodes = state.list_nodes(address=head.dashboard, detail=True)
         workers = {n.node_id for n in nodes if not n.is_head_node}
         assert len(workers) == 2, nodes  # the autoscaler launched both workers
         assert all(n.resources_total.get("GPU") == 1 for n in nodes if n.node_id in workers)

@@ -31,6 +31,7 @@ from deepclust.datasets import resolve_dataset
 from orchestrator import embed as embed_mod
 from orchestrator.ray_env import RaySession, shutdown_ray
 from tests.conftest import REPO, make_images, sweep_settings, write_image_parquet
+from tests.orchestrator.placements import placements
 from tests.orchestrator.test_train_cli import train_cmd
 
 ray = pytest.importorskip("ray")
@@ -116,21 +117,9 @@ def _placements(cluster: Cluster, timeout: float = 30.0) -> dict[str, set[str]]:
     expected = {n.node_id for n in cluster.worker_nodes} or {cluster.head_node.node_id}
     deadline = time.monotonic() + timeout
     while True:
-        actors = state.list_actors(address=cluster.address, limit=10_000, detail=True)
-        tasks = state.list_tasks(address=cluster.address, limit=10_000, detail=True)
-        out: dict[str, set[str]] = {"embed": set(), "trial": set(), "shard": set(), "seed": set()}
-        for a in actors:
-            if "Embedder" in a.class_name:
-                out["embed"].add(a.node_id)
-            elif "run_trial" in a.class_name or "ImplicitFunc" in a.class_name:
-                out["trial"].add(a.node_id)
-        for t in tasks:
-            if t.name.endswith(("_search_shard", "_stream_shard")) and t.state == "FINISHED":
-                out["shard"].add(t.node_id)
-            elif t.name.endswith("_run_task") and t.state == "FINISHED":
-                out["seed"].add(t.node_id)
+        out, classes = placements(cluster.address)
         if all(v == expected for v in out.values()) or time.monotonic() > deadline:
-            out["classes"] = {a.class_name for a in actors}
+            out["classes"] = classes
             return out
 
 
