@@ -551,10 +551,10 @@ def _run_in_parallel(
 ) -> list[dict[str, Any]]:
     """Runs that train in one process (heads on cached embeddings, k-means), as Ray tasks side
     by side: one GPU each when the cluster has GPUs, else one CPU each (one torch thread per
-    run beats one run on every core for heads this small). Each task gets the artifacts' paths and reads the
-    embeddings, neighbours and GCD split itself, so no per-image array passes through the
-    driver's object store; it writes its run folder as the driver would (cached runs return
-    at once)."""
+    run beats one run on every core for heads this small). Each task gets the artifacts'
+    paths and reads the embeddings, neighbours and GCD split itself, so no per-image array
+    passes through the driver; it writes its run folder as the driver would (cached runs
+    return at once)."""
     import ray
 
     splits = args[0]

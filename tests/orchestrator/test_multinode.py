@@ -180,7 +180,7 @@ def test_multi_node_equals_single_node_row_for_row(single, multi):
 
 
 def test_worker_node_killed_while_embedding_loses_no_row(single, multi, parquet, tmp_path):
-    """Kill one worker node (no graceful drain) while an embedding actor runs on it (a second
+    """Kill one worker node (no graceful drain) while an embedding actor runs on it (half a second
     after it is up, so batches are in flight); the stage completes on the surviving node. Every
     idx comes back exactly once, with the same features as the undisturbed run."""
     cluster, _, _ = multi
@@ -199,14 +199,14 @@ def test_worker_node_killed_while_embedding_loses_no_row(single, multi, parquet,
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not embedder_on_victim():
             time.sleep(0.1)
-        time.sleep(1.0)
+        time.sleep(0.5)
         cluster.remove_node(victim, allow_graceful=False)
         when["killed"] = time.monotonic()
         killed.set()
 
     thread = threading.Thread(target=killer, daemon=True)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(datasets, "PARQUET_PART_ROWS", 4)  # 12 read parts: most are still to come
+        mp.setattr(datasets, "PARQUET_PART_ROWS", 2)  # 24 read parts: most are still to come
         thread.start()
         session = RaySession(address=cluster.address)
         imageset = resolve_dataset(f"parquet:{parquet}").load("all", parquet.parent, False)
