@@ -4,12 +4,18 @@ Configs are frozen dataclasses; defaults live only on the fields (with a why-com
 them). :func:`from_dict` is the one way to build a config from untrusted input (CLI, search
 spaces, saved JSON): unknown keys are errors with a did-you-mean, and values are type-checked
 (ints are accepted for float fields; bools are never accepted as ints).
+
+A choice field is typed ``Literal[...]`` listing exactly the values the code supports (the one
+source of truth: module tuples of choices are ``typing.get_args`` of it, search spaces read
+:func:`choices`). Configs inherit :class:`CheckedChoices`, so a config built directly, not
+through :func:`from_dict`, refuses a value outside its Literal just as clearly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import types
 import typing
@@ -49,6 +55,51 @@ def _check_type(value: Any, tp: Any) -> bool:
     return True
 
 
+def _describe(tp: Any) -> str:
+    """How an error names a type: a Literal's values, else the type itself."""
+    if typing.get_origin(tp) is typing.Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
+    return str(tp)
+
+
+@functools.cache
+def choice_fields(cls: type) -> dict[str, tuple[Any, ...]]:
+    """{field: allowed values} for every ``Literal``-typed init field of config class ``cls``."""
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: typing.get_args(hints[f.name])
+        for f in dataclasses.fields(cls)
+        if f.init and typing.get_origin(hints[f.name]) is typing.Literal
+    }
+
+
+def choices(cls: type, name: str) -> tuple[Any, ...]:
+    """The values of config ``cls``'s Literal field ``name`` (e.g. a search space's categories)."""
+    found = choice_fields(cls)
+    if name not in found:
+        raise ValueError(f"{cls.__name__}.{name} is not a Literal choice field")
+    return found[name]
+
+
+def check_choices(cfg: Any) -> None:
+    """UserError naming the field and its valid values when a Literal field holds another."""
+    for name, allowed in choice_fields(type(cfg)).items():
+        value = getattr(cfg, name)
+        if value not in allowed:
+            raise UserError(
+                f"{type(cfg).__name__}.{name}={value!r} is not a choice; valid: "
+                f"{', '.join(map(str, allowed))}"
+            )
+
+
+class CheckedChoices:
+    """Base of every config dataclass: its ``__post_init__`` runs :func:`check_choices`
+    (a subclass defining its own ``__post_init__`` calls ``super().__post_init__()``)."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+
 def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
     """Build ``cls`` from ``data`` strictly; raises UserError on unknown keys or bad types."""
     hints = typing.get_type_hints(cls)
@@ -63,7 +114,8 @@ def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
             )
         if not _check_type(value, hints[key]):
             raise UserError(
-                f"{cls.__name__}.{key} must be {hints[key]}, got {value!r} ({type(value).__name__})"
+                f"{cls.__name__}.{key} must be {_describe(hints[key])}, got {value!r} "
+                f"({type(value).__name__})"
             )
         if hints[key] is float and isinstance(value, int):
             value = float(value)

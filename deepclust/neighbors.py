@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
 from deepclust.errors import UserError
 
-CLEAN_RULES = ("pair_overlap", "votes", "anchor_spread", "none")
-NEG_RULES = ("far_rank", "random", "none")
+# The choices are the Literal types (UNIC's config fields use them); the tuples derive from them.
+CleanRule = Literal["pair_overlap", "votes", "anchor_spread", "none"]
+NegRule = Literal["far_rank", "random", "none"]
+CLEAN_RULES: tuple[str, ...] = get_args(CleanRule)
+NEG_RULES: tuple[str, ...] = get_args(NegRule)
 _CHUNK = 8192
 
 
@@ -119,7 +123,7 @@ class PositiveTable:
 def clean_positives(
     nbr: np.ndarray,
     pos_k: int,
-    rule: str = "pair_overlap",
+    rule: CleanRule = "pair_overlap",
     m: int | None = None,
     min_shared_frac: float = 0.2,
     spread_drop_frac: float = 0.2,

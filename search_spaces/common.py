@@ -11,12 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from deepclust.config import choices
 from deepclust.registry import Registry
+from trainables.methods.unic import UnicConfig
 
 # fn(trial, setting, kmax): kmax is the mined table's width (neighbour counts stop there)
 SearchSpace = Callable[..., dict[str, Any]]
 
 SPACES: Registry[SearchSpace] = Registry("search space")
+# deviation: spec unic 13 searches pos_k over 5-100 (k_max 100, spec unic 2); the pipeline
+# mines 50 neighbours by default (orchestrator.pipeline.DEFAULT_KMAX), so counts stop there.
 KMAX = 50  # the pipeline's default mined neighbours (orchestrator.pipeline.DEFAULT_KMAX)
 
 
@@ -26,11 +30,17 @@ def _none(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str
 
 
 def _unic(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str, Any]:
-    """UNIC, spec 13: neighbourhood, cleaning, negatives, loss weights, lr (+ GCD sources)."""
+    """UNIC, spec 13: neighbourhood, cleaning, negatives, loss weights, lr (+ GCD sources).
+
+    Choice fields searched over all their values (read from the config's Literal types):
+    clean_rule, neg_rule and, in GCD, gcd_pos_labelled and gcd_neg_source. Not searched, as
+    spec 13 leaves them out (ablation options, defaults kept): head, input_norm, empty_policy,
+    pos_weighting, and augment (finetune mode only; searches run cached mode).
+    """
     pos_k = trial.suggest_int("pos_k", min(5, kmax), kmax, log=True)
     out: dict[str, Any] = {"pos_k": pos_k}
     out["clean_rule"] = trial.suggest_categorical(
-        "clean_rule", ["none", "pair_overlap", "votes", "anchor_spread"]
+        "clean_rule", list(choices(UnicConfig, "clean_rule"))
     )
     if out["clean_rule"] != "none":
         # spec: clean_m in {pos_k, 2 pos_k} (capped by the mined table); an int range with a
@@ -41,10 +51,13 @@ def _unic(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str
         out["min_shared_frac"] = trial.suggest_float("min_shared_frac", 0.0, 0.6)
     if out["clean_rule"] == "anchor_spread":
         out["spread_drop_frac"] = trial.suggest_float("spread_drop_frac", 0.0, 0.5)
-    out["neg_rule"] = trial.suggest_categorical("neg_rule", ["none", "random", "far_rank"])
+    out["neg_rule"] = trial.suggest_categorical("neg_rule", list(choices(UnicConfig, "neg_rule")))
     if out["neg_rule"] == "far_rank":
+        # deviation: spec 13 also lists rho = 2/C; a space sees the setting and kmax, not C
+        # (orchestrator/search.py), and Optuna's choices must be fixed per study, so 2/C is left
+        # out. rho = 0 (far_rank's exclusions on a uniform draw) is searched.
         out["neg_min_rank_frac"] = trial.suggest_categorical(
-            "neg_min_rank_frac", [0.25, 0.5, 0.9, 0.99]
+            "neg_min_rank_frac", [0.0, 0.25, 0.5, 0.9, 0.99]
         )
     if out["neg_rule"] != "none":
         out["n_neg"] = trial.suggest_categorical("n_neg", [1, 4])
@@ -52,10 +65,8 @@ def _unic(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str
     out["w_ent"] = trial.suggest_float("w_ent", 1.0, 10.0)
     out["lr"] = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
     if setting == "gcd":
-        out["gcd_pos_labelled"] = trial.suggest_categorical("gcd_pos_labelled", ["labels", "mined"])
-        out["gcd_neg_source"] = trial.suggest_categorical(
-            "gcd_neg_source", ["mined", "labels", "both"]
-        )
+        for name in ("gcd_pos_labelled", "gcd_neg_source"):
+            out[name] = trial.suggest_categorical(name, list(choices(UnicConfig, name)))
     return out
 
 
@@ -93,8 +104,11 @@ def _iic(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str,
 
 
 def _spice(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str, Any]:
-    """SPICE, baselines 6: the consistency ratio eta (0.9-0.99) and the reliable-neighbour
-    count N_s (the sample included, at most kmax + 1)."""
+    """SPICE, baselines 6: the consistency ratio eta (0.9-0.99 in SPICE's configs) and the
+    reliable-neighbour count N_s (the sample included, at most kmax + 1)."""
+    # deviation: eta is searched from 0.5, below the configs' 0.9 / 0.99, so a set where few
+    # rows reach 0.9 agreement on cached embeddings still gets a reliable set; the label-free
+    # objective decides between them.
     return {
         "consistency_ratio": trial.suggest_float("consistency_ratio", 0.5, 0.99),
         "reliable_neighbors": trial.suggest_int(

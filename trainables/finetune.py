@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -14,11 +15,13 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision import transforms as T
 
+from deepclust.config import CheckedChoices
 from deepclust.errors import UserError
 from deepclust.preprocess import Preprocess, open_image
 from trainables.loop import LoopConfig, LoopHooks, epoch_generator, epoch_seed, fit
 
-AUGMENTS = ("simgcd", "simclr", "none")
+Augment = Literal["simgcd", "simclr", "none"]  # train_transform's kinds (config fields use it)
+AUGMENTS: tuple[str, ...] = get_args(Augment)
 
 
 class BackboneWithHead(nn.Module):
@@ -131,7 +134,7 @@ def _keep_backbone_eval(model: nn.Module) -> None:
 
 
 @dataclass(frozen=True)
-class FinetuneOptions:
+class FinetuneOptions(CheckedChoices):
     """Backbone-finetuning fields of the baselines' configs (inherited by each config).
 
     Defaults follow SCAN's and IIC's CIFAR runs (Adam 1e-4, batch 128, 50 epochs over the fit
@@ -144,7 +147,7 @@ class FinetuneOptions:
     ft_weight_decay: float = 1e-4
     ft_batch_size: int = 128  # anchors per step over all workers
     ft_epochs: int = 50
-    augment: str = "simclr"  # the training view (spec 4.5: SimCLR augmentation)
+    augment: Augment = "simclr"  # the training view (spec 4.5: SimCLR augmentation)
 
 
 class ImageSteps:

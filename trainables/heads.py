@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-HEADS = ("linear", "mlp")
-INPUT_NORMS = ("l2", "none", "standardize")
+# Config fields choosing a head use these Literal types; the tuples derive from them.
+HeadKind = Literal["linear", "mlp"]
+InputNorm = Literal["l2", "none", "standardize"]
+HEADS: tuple[str, ...] = get_args(HeadKind)
+INPUT_NORMS: tuple[str, ...] = get_args(InputNorm)
 
 
 class ClusterHead(nn.Module):
@@ -24,8 +29,8 @@ class ClusterHead(nn.Module):
         self,
         in_dim: int,
         num_clusters: int,
-        kind: str = "linear",
-        input_norm: str = "l2",
+        kind: HeadKind = "linear",
+        input_norm: InputNorm = "l2",
         hidden: int = 512,
     ) -> None:
         super().__init__()

@@ -3,7 +3,15 @@ from typing import Literal
 
 import pytest
 
-from deepclust.config import from_dict, parse_override, to_dict
+from deepclust.config import (
+    CheckedChoices,
+    check_choices,
+    choice_fields,
+    choices,
+    from_dict,
+    parse_override,
+    to_dict,
+)
 from deepclust.errors import UserError
 from deepclust.registry import Registry
 
@@ -42,6 +50,31 @@ def test_unknown_key_suggests_the_closest():
 def test_wrong_types_are_rejected(key, value):
     with pytest.raises(UserError, match=key):
         from_dict(Cfg, {key: value})
+
+
+@dataclass(frozen=True)
+class Checked(CheckedChoices):
+    mode: Literal["a", "b+c"] = "a"
+    other: Literal["x", "y", "z"] = "z"
+    name: str = "free"  # a plain str is not a choice field
+
+
+def test_choice_fields_are_read_from_the_literal_types():
+    assert choice_fields(Checked) == {"mode": ("a", "b+c"), "other": ("x", "y", "z")}
+    assert choices(Checked, "other") == ("x", "y", "z")
+    with pytest.raises(ValueError, match="Checked.name is not a Literal choice field"):
+        choices(Checked, "name")
+
+
+def test_a_value_outside_the_literal_is_refused_however_the_config_is_built():
+    assert Checked(mode="b+c").mode == "b+c"
+    message = "Checked.other='w' is not a choice; valid: x, y, z"
+    with pytest.raises(UserError, match=message):
+        Checked(other="w")  # built directly: __post_init__
+    with pytest.raises(UserError, match="Checked.other must be one of 'x', 'y', 'z', got 'w'"):
+        from_dict(Checked, {"other": "w"})
+    with pytest.raises(UserError, match="Cfg.mode='c' is not a choice"):
+        check_choices(Cfg(mode="c"))  # type: ignore[arg-type]
 
 
 def test_configs_are_frozen():

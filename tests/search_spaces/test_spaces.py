@@ -55,3 +55,45 @@ def test_neighbour_counts_stay_within_the_mined_table(name):
             assert overrides.get(key, 0) <= 12, (key, overrides)
         assert overrides.get("reliable_neighbors", 0) <= 13  # the sample itself included
         study.tell(trial, 0.0)
+
+
+# Literal fields a space deliberately leaves out or searches in part (the reason is in the
+# space's docstring): method -> fields.
+NOT_SEARCHED = {"unic": {"head", "input_norm", "empty_policy", "pos_weighting", "augment"}}
+
+
+@pytest.mark.parametrize(
+    "name,setting",
+    [
+        (n, s)
+        for n in METHODS.names()
+        for s in ("clustering", "gcd")
+        if s in METHODS.get(n).settings
+    ],
+)
+def test_searched_choice_fields_cover_every_choice(name, setting):
+    """A choice field a space searches is searched over all its Literal's values (the space
+    reads them from the config type, so a new value is searched without editing the space)."""
+    from deepclust.config import choice_fields
+
+    allowed = choice_fields(METHODS.get(name).Config)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen: dict[str, set] = {}
+    for _ in range(60):
+        trial = study.ask()
+        for key, value in SPACES.get(name)(trial, setting).items():
+            seen.setdefault(key, set()).add(value)
+        study.tell(trial, 0.0)
+    for field, values in seen.items():
+        if field in allowed:
+            assert field not in NOT_SEARCHED.get(name, set()), field
+            assert values == set(allowed[field]), (field, values)
+    if name == "unic":
+        searched = {"clean_rule", "neg_rule"} | (
+            {"gcd_pos_labelled", "gcd_neg_source"} if setting == "gcd" else set()
+        )
+        assert searched <= set(seen)
+        assert set(allowed) - searched - NOT_SEARCHED["unic"] == (
+            set() if setting == "gcd" else {"gcd_pos_labelled", "gcd_neg_source"}
+        )
+        assert 0.0 in seen["neg_min_rank_frac"]  # spec 13's rho = 0

@@ -72,6 +72,11 @@ def test_finetune_trains_the_last_block_and_predicts_images(name, tiny_images):
     method = method_cls(from_dict(method_cls.Config, overrides))
     diagnostics = method.fit(inputs)
     assert np.isfinite(diagnostics[method_cls.objective])
+    if name == "unic":  # scored on what the head reads: the finetuned backbone's features
+        tuned_feats = embed_images(method.model, images)
+        score = diagnostics[method_cls.objective]
+        assert score == pytest.approx(method.selection_score(inputs, tuned_feats))
+        assert score != pytest.approx(method.selection_score(inputs))  # not the cached ones
 
     pretrained, _ = build_backbone(DEFAULT_BACKBONE)
     tuned = method.finetuned.backbone if method.finetuned is not None else method.model.backbone

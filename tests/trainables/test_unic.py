@@ -30,8 +30,10 @@ def test_explicit_values_win_and_are_validated():
         validate(cfg, 50, 10)
     with pytest.raises(UserError, match="at least 2 clusters"):
         validate(resolve_scale(UnicConfig(), 1000, 1, 50), 50, 1)
-    with pytest.raises(UserError, match="unknown neg_rule"):
-        validate(resolve_scale(UnicConfig(neg_rule="far"), 1000, 10, 50), 50, 10)
+    with pytest.raises(
+        UserError, match="UnicConfig.neg_rule='far' is not a choice; valid: far_rank"
+    ):
+        UnicConfig(neg_rule="far")  # a choice field is checked when the config is built
 
 
 def test_unic_never_asks_for_labels():
@@ -181,3 +183,32 @@ def test_selection_score_of_a_saturated_head_is_finite():
     method.model = head.eval()
     score = method.selection_score(FitInputs(feats, c, 0, neighbors=nbr))
     assert np.isfinite(score)
+
+
+def test_labels_plus_mined_runs_end_to_end_in_gcd():
+    """The spec's third source of labelled anchors' positives (spec 9) passes the config, the
+    validation and a whole GCD fit (it was once refused by validate)."""
+    from deepclust.config import from_dict
+    from deepclust.gcd import make_split
+    from deepclust.knn import knn_self
+    from tests.trainables.test_methods import blobs
+    from trainables.methods import FitInputs
+
+    x, y = blobs(n_per=20, k=3, d=8, seed=1)
+    split = make_split(y, (0, 1))
+    inputs = FitInputs(
+        x,
+        3,
+        0,
+        neighbors=knn_self(x, 10)[0],
+        labelled_idx=split.labelled_idx,
+        labelled_y=y[split.labelled_idx],
+        unlabelled_idx=split.unlabelled_idx,
+    )
+    cfg = from_dict(UnicConfig, {"gcd_pos_labelled": "labels+mined", "epochs": 3})
+    validate(resolve_scale(cfg, len(x), 3, 10), 10, 3)
+    unic = METHODS.get("unic")(cfg)
+    diagnostics = unic.fit(inputs)
+    assert "gcd_vetoed_pair_frac" in diagnostics
+    pred = unic.predict(x)
+    assert pred.shape == (len(x),) and 0 <= pred.min() and pred.max() < 3

@@ -44,6 +44,8 @@ class IicConfig(FinetuneOptions):
     lr: float = 3e-2
     weight_decay: float = 0.0
     pairs_per_class: int = 100  # batch = clamp(pairs_per_class * C, 500, 4000) pairs
+    # deviation: the official runs train from scratch for up to 2000 epochs (spec 5.5); heads
+    # on frozen embeddings get 50 epochs (at least min_steps steps on small sets).
     epochs: int = 50
     min_steps: int = 600
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from trainables import loop
 from trainables.finetune import FinetuneOptions, embed_images, finetune_model
-from trainables.heads import ClusterHead, MultiHead
+from trainables.heads import ClusterHead, HeadKind, MultiHead
 from trainables.losses.neighbors import probs
 from trainables.losses.scan import scan_loss
 from trainables.methods.base import ClusteringMethod, FitInputs
@@ -36,7 +36,7 @@ class ScanConfig(FinetuneOptions):
     include_self: bool = True  # sample from the k + 1 entries that include the anchor (official)
     entropy_weight: float = 5.0  # lambda
     num_heads: int = 10  # heads trained side by side; the lowest selection loss is kept
-    head: str = "linear"
+    head: HeadKind = "linear"
     # deviation: SCAN's CIFAR configs use Adam lr 1e-4 for the whole network over 50-100
     # epochs of 50k images; a linear head on cached embeddings gets the same optimiser and
     # scale rule as UNIC (Adam 1e-3, clamp(N/80, 32, 512) anchors, >= 8000 steps) so the
@@ -58,6 +58,11 @@ class Scan(ClusteringMethod):
     needs = frozenset({"embeddings", "neighbors"})
     trainable = True
     objective = "scan_selection"  # consistency over raw top-5 neighbours - entropy (weight 1)
+    # deviation: SCAN selects on the val/test images with their top-5 neighbours plus the image
+    # itself (spec 4.6). Here the score reads the fit split (spec 1.3: a split the project
+    # controls, never the test images) and its mined top-5 only: the mined table excludes self
+    # (spec unic 2), and the self pair's -log ||p_i||^2 rewards confidence alone, which the
+    # consistency term already does; one score, shared with the self-labelling stage.
     search_objective = ("scan_selection", "min")  # fixed k=5 and weight 1: config-free
     smoke = {"epochs": 10, "num_heads": 2, "num_neighbors": 5}
 

@@ -37,6 +37,8 @@ class SelfLabelConfig(FinetuneOptions):
     lr: float = 1e-4  # Adam, as SCAN's CIFAR self-label config
     weight_decay: float = 1e-4
     batch_size: int = 1000
+    # deviation: 200 epochs (spec 4.7), but at least min_steps steps: a set of at most 1,000
+    # rows has one batch per epoch and gets 400 epochs (a rule in N, as the other stages).
     epochs: int = 200
     min_steps: int = 400
 
@@ -63,7 +65,10 @@ def _selflabel_step(
         weak = model(batch["weak"])
     strong = model(batch["strong"])
     if not bool(confidence_mask(weak, cfg.threshold)[0].any()):
-        return strong.sum() * 0.0, {"selflabel/confident_frac": 0.0}  # nothing to learn
+        # deviation: SCAN's loss raises when no row of a batch passes the threshold (spec
+        # 4.7). A step with no confident row is skipped (zero loss, no gradient) rather than
+        # failing the run; fit() still refuses a start with no confident row at all.
+        return strong.sum() * 0.0, {"selflabel/confident_frac": 0.0}
     return selflabel_loss(weak, strong, cfg.threshold, cfg.balanced)
 
 

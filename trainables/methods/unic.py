@@ -14,23 +14,27 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from deepclust.config import CheckedChoices
 from deepclust.errors import UserError
 from deepclust.neighbors import (
-    NEG_RULES,
+    CleanRule,
     LabelledPool,
     NegativeSampler,
+    NegRule,
     PositiveTable,
     clean_positives,
     label_veto,
     negative_thresholds,
 )
 from trainables import loop
-from trainables.heads import ClusterHead, MultiHead
+from trainables.finetune import Augment
+from trainables.heads import ClusterHead, HeadKind, InputNorm, MultiHead
 from trainables.losses.neighbors import (
     neighbor_clustering_loss,
     pair_nll,
@@ -41,19 +45,24 @@ from trainables.methods.base import ClusteringMethod, FitInputs
 
 log = logging.getLogger(__name__)
 
+EmptyPolicy = Literal["skip", "self", "top1"]
+PosWeighting = Literal["uniform", "shared"]
+GcdPosSource = Literal["labels", "labels+mined", "mined"]
+GcdNegSource = Literal["mined", "labels", "both"]
+
 
 @dataclass(frozen=True)
-class UnicConfig:
+class UnicConfig(CheckedChoices):
     # --- positives (spec sections 3-4) ---
     pos_k: int | None = None  # None: min(20, N // (2C)), half the expected class size at most
-    clean_rule: str = "pair_overlap"  # pair_overlap | votes | anchor_spread | none
+    clean_rule: CleanRule = "pair_overlap"
     clean_m: int | None = None  # second-order list length; None: pos_k
     min_shared_frac: float = 0.2  # sigma; keeps pairs sharing >= ceil(sigma * m) neighbours
     spread_drop_frac: float = 0.2  # anchor_spread only
-    empty_policy: str = "skip"  # skip (mask the positive term) | self | top1
-    pos_weighting: str = "uniform"  # uniform | shared (probability ~ shared count)
+    empty_policy: EmptyPolicy = "skip"  # skip masks the positive term; self; top1
+    pos_weighting: PosWeighting = "uniform"  # shared: probability ~ shared count
     # --- negatives (spec section 5) ---
-    neg_rule: str = "far_rank"  # far_rank | random | none
+    neg_rule: NegRule = "far_rank"
     neg_min_rank_frac: float = 0.9  # rho: negatives come from outside the nearest rho*(N-1)
     neg_exclude_shared: bool = True
     n_neg: int = 1
@@ -69,8 +78,8 @@ class UnicConfig:
     # train images and on the 50k train split it beat the linear head by 4 points (one head,
     # seeds 0-2: 52.65 vs 48.54 train-split ACC), and on digits too (56.5 vs 54.9). On small
     # sets the former default (ten linear restarts with selection) is better: README table.
-    head: str = "mlp"  # mlp | linear
-    input_norm: str = "l2"
+    head: HeadKind = "mlp"
+    input_norm: InputNorm = "l2"
     # One head, as the paper. num_heads > 1 trains that many restarts side by side on the same
     # batches and keeps the one with the lowest label-free selection score (section 10), as
     # SCAN keeps its lowest-loss head. It is off by default because on 50k CIFAR-10 train
@@ -80,6 +89,11 @@ class UnicConfig:
     # --- cached-mode training (spec section 8) ---
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    # deviation: the spec trains 512 anchors per step for at least 20k steps. A fixed 512 is
+    # most of a small set (1,797 digits: 4 steps per epoch), so the batch scales with N,
+    # clamp(N // 80, 32, 512), reaching the spec's 512 from N = 40,960 on; and with those
+    # smaller batches 8000 steps (at least 100 epochs) stand in for 20k to keep CPU runs short.
+    # A scale rule in N set for small sets and run time, not tuned on any label.
     batch_size: int | None = None  # None: clamp(N // 80, 32, 512) anchors per step
     epochs: int | None = None  # None: 100 epochs over the anchors, at least min_steps steps
     min_steps: int = 8000  # small sets need many small steps to converge
@@ -90,17 +104,22 @@ class UnicConfig:
     ft_weight_decay: float = 5e-5
     ft_batch_size: int = 128
     ft_epochs: int = 50
-    augment: str = "simgcd"
+    augment: Augment = "simgcd"
     init_head_from_cached: bool = True
+    # deviation: the spec's refresh_neighbors_every option (re-mine every n epochs) is not
+    # implemented; its default, never re-mine, is what runs.
     # --- GCD (spec section 9; used only when labelled images are given) ---
-    # labelled anchors' positives: labels | labels+mined | mined.
+    # labelled anchors' positives: same-label labelled rows, both lists, or mined only.
     # deviation: "labels+mined" draws uniformly from the concatenation of the two lists, so a
     # row in both counts twice (the spec's union); it keeps the draw O(1) per anchor.
-    gcd_pos_labelled: str = "labels"
-    gcd_neg_source: str = "mined"  # mined | labels (other-label labelled rows) | both (50/50)
+    gcd_pos_labelled: GcdPosSource = "labels"
+    # labels: other-label labelled rows (labelled anchors only); both: a 50/50 mix
+    gcd_neg_source: GcdNegSource = "mined"
     gcd_label_constraints: bool = True  # labels veto mined positives/negatives that contradict
     # weight of a CE on labelled anchors, Old class i (in sorted order) fixed to cluster i
     w_sup: float = 0.0
+    # deviation: the spec's balance_labelled option (SimGCD's sampler weighting labelled and
+    # unlabelled images equally) is not implemented; its default, uniform anchors, runs.
 
 
 def resolve_scale(cfg: UnicConfig, n: int, num_clusters: int, kmax: int) -> UnicConfig:
@@ -114,7 +133,8 @@ def resolve_scale(cfg: UnicConfig, n: int, num_clusters: int, kmax: int) -> Unic
 
 
 def validate(cfg: UnicConfig, kmax: int, num_clusters: int) -> None:
-    """One-line errors naming the field (spec 12.9)."""
+    """One-line errors naming the field (spec 12.9). Choice fields are checked by their
+    Literal types when the config is built (deepclust.config.check_choices)."""
     if num_clusters < 2:
         raise UserError(f"num_clusters={num_clusters}: UNIC needs at least 2 clusters")
     for name in ("pos_k", "clean_m"):
@@ -123,16 +143,6 @@ def validate(cfg: UnicConfig, kmax: int, num_clusters: int) -> None:
                 f"{name}={getattr(cfg, name)} exceeds kmax={kmax}; mine more "
                 "neighbours (--kmax) or lower it"
             )
-    if cfg.neg_rule not in NEG_RULES:
-        raise UserError(f"unknown neg_rule '{cfg.neg_rule}'; valid: {', '.join(NEG_RULES)}")
-    if cfg.empty_policy not in ("skip", "self", "top1"):
-        raise UserError(f"empty_policy must be skip, self or top1, got '{cfg.empty_policy}'")
-    if cfg.pos_weighting not in ("uniform", "shared"):
-        raise UserError(f"pos_weighting must be uniform or shared, got '{cfg.pos_weighting}'")
-    if cfg.gcd_pos_labelled not in ("labels", "mined"):
-        raise UserError(f"gcd_pos_labelled must be labels or mined, got '{cfg.gcd_pos_labelled}'")
-    if cfg.gcd_neg_source not in ("mined", "labels", "both"):
-        raise UserError(f"gcd_neg_source must be mined, labels or both, got '{cfg.gcd_neg_source}'")
 
 
 class PairSampler:
@@ -336,10 +346,16 @@ class Unic(ClusteringMethod):
             report_every=max(1, cfg.epochs // 10),  # ~10 checkpoints: cached epochs are short
         )
         if cfg.finetune:
+            from trainables.finetune import embed_images
+
             self.model = self._finetune(inputs, head, steps, cached_loop, hooks)
+            # scored as it predicts: the head on the finetuned backbone's features of the fit
+            # images (the pretrained cached embeddings are not what the head now sees)
+            features = embed_images(self.model, inputs.images)
         else:
             self.model = self._select_head(loop.fit(head, steps, cached_loop, hooks), inputs)
-        self.diagnostics[self.objective] = self.selection_score(inputs)
+            features = inputs.embeddings
+        self.diagnostics[self.objective] = self.selection_score(inputs, features)
         return dict(self.diagnostics)
 
     def _report_score(self, model: nn.Module, inputs: FitInputs) -> dict[str, float]:
@@ -426,14 +442,16 @@ class Unic(ClusteringMethod):
         return self.predict_proba(embeddings).argmax(1).numpy().astype(np.int64)
 
     @torch.no_grad()
-    def selection_score(self, inputs: FitInputs) -> float:
+    def selection_score(self, inputs: FitInputs, features: np.ndarray | None = None) -> float:
         """Label-free model selection (spec section 10); lower is better.
 
-        Fixed 10k anchors (seed 0): mean -log<p_i, p_j> over raw top-5 neighbours, plus
-        -log(1 - <p_i, p_r>) for one fixed random partner, minus H(mean p). Degenerate runs
-        (cluster-size entropy < 0.9 log C, or an empty cluster) score +inf.
+        Fixed 10k anchors (seed 0): mean -log<p_i, p_j> over raw top-5 neighbours (of the mined
+        table), plus -log(1 - <p_i, p_r>) for one fixed random partner, minus H(mean p).
+        Degenerate runs (cluster-size entropy < 0.9 log C, or an empty cluster) score +inf.
+        ``features``: (N, D) what the head reads for the fit split (finetune mode: the finetuned
+        backbone's features); None: the cached embeddings.
         """
-        p = self.predict_proba(inputs.embeddings)
+        p = self.predict_proba(inputs.embeddings if features is None else features)
         n, c = p.shape
         rng = np.random.default_rng(0)
         anchors = torch.from_numpy(rng.choice(n, min(n, 10_000), replace=False))
