@@ -15,7 +15,8 @@ from deepclust.config import choices
 from deepclust.registry import Registry
 from trainables.methods.unic import UnicConfig
 
-# fn(trial, setting, kmax): kmax is the mined table's width (neighbour counts stop there)
+# fn(trial, setting, kmax, num_clusters): kmax is the mined table's width (neighbour counts
+# stop there), num_clusters the benchmark's C
 SearchSpace = Callable[..., dict[str, Any]]
 
 SPACES: Registry[SearchSpace] = Registry("search space")
@@ -24,12 +25,16 @@ SPACES: Registry[SearchSpace] = Registry("search space")
 KMAX = 50  # the pipeline's default mined neighbours (orchestrator.pipeline.DEFAULT_KMAX)
 
 
-def _none(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str, Any]:
+def _none(
+    trial: Any, setting: str = "clustering", kmax: int = KMAX, num_clusters: int = 10
+) -> dict[str, Any]:
     # k-means / SS-k-means: k is fixed by the benchmark, restarts only trade time for inertia.
     return {}
 
 
-def _unic(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str, Any]:
+def _unic(
+    trial: Any, setting: str = "clustering", kmax: int = KMAX, num_clusters: int = 10
+) -> dict[str, Any]:
     """UNIC, spec 13: neighbourhood, cleaning, negatives, loss weights, lr (+ GCD sources).
 
     Choice fields searched over all their values (read from the config's Literal types):
@@ -53,12 +58,9 @@ def _unic(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str
         out["spread_drop_frac"] = trial.suggest_float("spread_drop_frac", 0.0, 0.5)
     out["neg_rule"] = trial.suggest_categorical("neg_rule", list(choices(UnicConfig, "neg_rule")))
     if out["neg_rule"] == "far_rank":
-        # deviation: spec 13 also lists rho = 2/C; a space sees the setting and kmax, not C
-        # (orchestrator/search.py), and Optuna's choices must be fixed per study, so 2/C is left
-        # out. rho = 0 (far_rank's exclusions on a uniform draw) is searched.
-        out["neg_min_rank_frac"] = trial.suggest_categorical(
-            "neg_min_rank_frac", [0.0, 0.25, 0.5, 0.9, 0.99]
-        )
+        # spec 13: rho in {0, 2/C, 0.25, 0.5, 0.9, 0.99}; C is fixed within a search (study)
+        rhos = sorted({0.0, round(2 / num_clusters, 4), 0.25, 0.5, 0.9, 0.99})
+        out["neg_min_rank_frac"] = trial.suggest_categorical("neg_min_rank_frac", rhos)
     if out["neg_rule"] != "none":
         out["n_neg"] = trial.suggest_categorical("n_neg", [1, 4])
         out["w_neg"] = trial.suggest_float("w_neg", 0.1, 3.0, log=True)
@@ -70,7 +72,9 @@ def _unic(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str
     return out
 
 
-def _scan(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str, Any]:
+def _scan(
+    trial: Any, setting: str = "clustering", kmax: int = KMAX, num_clusters: int = 10
+) -> dict[str, Any]:
     """SCAN, baselines 4: k (20 small sets, 50 ImageNet) and the entropy weight (5)."""
     return {
         "num_neighbors": trial.suggest_int("num_neighbors", min(5, kmax), kmax, log=True),
@@ -79,12 +83,16 @@ def _scan(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str
     }
 
 
-def _selflabel(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str, Any]:
+def _selflabel(
+    trial: Any, setting: str = "clustering", kmax: int = KMAX, num_clusters: int = 10
+) -> dict[str, Any]:
     """SCAN self-labelling, baselines 4.7: the confidence threshold (0.99)."""
     return {"threshold": trial.suggest_float("threshold", 0.9, 0.999)}
 
 
-def _temi(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str, Any]:
+def _temi(
+    trial: Any, setting: str = "clustering", kmax: int = KMAX, num_clusters: int = 10
+) -> dict[str, Any]:
     """TEMI, baselines 3: k, beta (0.6), teacher temperature and momentum."""
     return {
         "num_neighbors": trial.suggest_int("num_neighbors", min(5, kmax), kmax, log=True),
@@ -94,7 +102,9 @@ def _temi(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str
     }
 
 
-def _iic(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str, Any]:
+def _iic(
+    trial: Any, setting: str = "clustering", kmax: int = KMAX, num_clusters: int = 10
+) -> dict[str, Any]:
     """IIC, baselines 5: overclustering factor (0 = off, else 5-10x C) and lambda (1-1.5)."""
     return {
         "overcluster_factor": trial.suggest_categorical("overcluster_factor", [0, 5, 7, 10]),
@@ -103,7 +113,9 @@ def _iic(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str,
     }
 
 
-def _spice(trial: Any, setting: str = "clustering", kmax: int = KMAX) -> dict[str, Any]:
+def _spice(
+    trial: Any, setting: str = "clustering", kmax: int = KMAX, num_clusters: int = 10
+) -> dict[str, Any]:
     """SPICE, baselines 6: the consistency ratio eta (0.9-0.99 in SPICE's configs) and the
     reliable-neighbour count N_s (the sample included, at most kmax + 1)."""
     # deviation: eta is searched from 0.5, below the configs' 0.9 / 0.99, so a set where few
