@@ -11,15 +11,15 @@ import numpy as np
 
 from deepclust.artifacts import ArtifactStore
 from deepclust.config import from_dict
+from trainables import state_io
 from trainables.methods import METHODS, ClusteringMethod, FitInputs
 
 STATE_FILE = "model_state.pt"  # a run's export_state(), kept for the stages that start from it
 
 
 def load_state(path: str | None) -> dict[str, Any] | None:
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=False) if path else None
+    """The parent run's saved state (data only: trainables/state_io.py), or None."""
+    return state_io.load_state(path) if path else None
 
 
 def _images(job: dict[str, Any], split_key: str):

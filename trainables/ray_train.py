@@ -21,7 +21,7 @@ import ray.train.torch as rtt
 import torch
 
 from trainables import inputs as job_inputs
-from trainables import objective
+from trainables import objective, state_io
 from trainables.loop import LoopHooks
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def _resume_state() -> dict[str, Any] | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+        return state_io.load_state(Path(directory) / STATE_FILE)
 
 
 def train_worker(job: dict[str, Any]) -> None:
@@ -52,7 +52,7 @@ def train_worker(job: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if rank == 0:
-                torch.save(state, Path(directory) / STATE_FILE)
+                state_io.save_state(state, Path(directory) / STATE_FILE)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=checkpoint)  # every rank: it is a barrier
 
@@ -80,7 +80,7 @@ def train_worker(job: dict[str, Any]) -> None:
         np.save(out / "predictions.npy", job_inputs.predict_eval(method, job))
         state = method.export_state()
         if state is not None:  # what a later stage (starts_from) needs
-            torch.save(state, out / job_inputs.STATE_FILE)
+            state_io.save_state(state, out / job_inputs.STATE_FILE)
         (out / "diagnostics.json").write_text(json.dumps(diagnostics, default=float))
 
 

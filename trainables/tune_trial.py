@@ -26,7 +26,7 @@ import ray.tune as tune
 import torch
 
 from trainables import inputs as job_inputs
-from trainables import objective
+from trainables import objective, state_io
 from trainables.loop import LoopHooks
 
 STATE_FILE = "state.pt"
@@ -37,7 +37,7 @@ def _resume_state() -> dict[str, Any] | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+        return state_io.load_state(Path(directory) / STATE_FILE)
 
 
 def run_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
@@ -58,7 +58,7 @@ def _in_process(job: dict[str, Any]) -> None:
 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
-            torch.save(state, Path(directory) / STATE_FILE)
+            state_io.save_state(state, Path(directory) / STATE_FILE)
             tune.report(
                 objective.with_metric(metrics, metric, mode),
                 checkpoint=tune.Checkpoint.from_directory(directory),

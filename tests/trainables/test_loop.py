@@ -44,6 +44,30 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_resume_from_a_checkpoint_file_matches_an_uninterrupted_run(optimizer, tmp_path):
+    """The checkpoint goes to disk as data (weights-only loadable, as Tune/Train store it) and
+    a run resumed from the file ends where the uninterrupted one does."""
+    from trainables.state_io import load_state, save_state
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(1, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+
+    cfg = LoopConfig(4, 5, 0.01, 0.01, optimizer, "cosine", warmup_steps=3)
+    path = tmp_path / "state.pt"
+
+    def report(metrics, state):
+        if state["epoch"] == 2:
+            save_state(state, path)
+
+    full = fit(model(), Regression(), cfg, LoopHooks(report=report))
+    torch.load(path, weights_only=True)
+    resumed = fit(model(), Regression(), cfg, LoopHooks(resume_state=load_state(path)))
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_report_every_keeps_the_last_epoch():
     epochs = []
     cfg = LoopConfig(epochs=5, steps_per_epoch=2, lr=0.01, report_every=2)
