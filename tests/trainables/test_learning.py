@@ -1,10 +1,15 @@
-"""Each method learns on real data: on the same frozen embeddings of scikit-learn's bundled
-digits (offline EfficientNet-Lite0, the product's default), it beats k-means where its paper
-says it should (SCAN, TEMI, SPICE, UNIC). IIC learns (far above chance) but stays below k-means
-on these embeddings: its paper's gain comes from image augmentations, which cached mode lacks.
+"""Each method learns on real data: the same frozen embeddings of scikit-learn's bundled digits
+(offline EfficientNet-Lite0, the product's default), scored against k-means on them.
 
-Configurations are the defaults with fewer heads/steps to fit CI's budget; the default
-configurations' numbers over 3 seeds are in the README. Labels are used only to score.
+SCAN, TEMI and UNIC beat k-means on every seed measured (0, 1, 2). SPICE (official reliable-set
+balancing) and IIC learn (far above chance, 0.1) but do not beat k-means on these cached
+embeddings: they lose on two seeds of three, and the tests say so and assert that they learn.
+
+Configurations are the defaults with fewer heads/steps to fit CI's budget. Labels are used only
+to score (the defaults chosen on data were chosen on a development set: docs/defaults.md).
+Numbers were measured on the 2-core dev machine with one torch thread; the tests run seed 0, and
+seeds 1 and 2 (same code, same embeddings) show whether a gain is more than seed luck. Each
+margin is about half the smallest gain measured over seeds 0-2.
 """
 
 from pathlib import Path
@@ -18,14 +23,14 @@ from deepclust.metrics import hungarian_acc
 from trainables.methods import METHODS, FitInputs
 
 # (method, CI-budget overrides, minimum ACC gain over k-means on the same embeddings).
-# Measured once on this machine (seed 0, k-means 0.479): scan 0.599, unic 0.541 (one MLP head at
-# this 4,000-step budget; 0.629 with the former default of 5 linear restarts), temi 0.506,
-# spice 0.529 (0.486 when the reliable set was cut to the smallest cluster).
+# Measured ACC, seeds 0 / 1 / 2 (k-means 0.479 / 0.479 / 0.499):
+#   scan  0.599 / 0.591 / 0.595  (gain +0.120 / +0.112 / +0.097) -> margin 0.05
+#   unic  0.541 / 0.543 / 0.556  (gain +0.062 / +0.064 / +0.057) -> margin 0.03
+#   temi  0.506 / 0.599 / 0.514  (gain +0.027 / +0.121 / +0.016) -> margin 0.01
 CASES = [
     ("scan", {"min_steps": 4000}, 0.05),
-    ("unic", {"min_steps": 4000}, 0.05),
+    ("unic", {"min_steps": 4000}, 0.03),
     ("temi", {"epochs": 100, "min_steps": 2000, "num_heads": 2}, 0.01),
-    ("spice", {}, 0.02),
 ]
 
 
@@ -71,11 +76,26 @@ def test_beats_kmeans_on_digits_embeddings(digits, name, overrides, margin):
     assert acc >= kmeans_acc + margin, (name, acc, kmeans_acc)
 
 
+def test_spice_learns_but_does_not_beat_kmeans_on_digits_embeddings(digits):
+    """SPICE, default config (official "smallest" reliable-set balancing), seed 0: measured
+    0.505 vs k-means 0.479; seeds 1 / 2: 0.454 / 0.461 vs 0.479 / 0.499. It does not beat
+    k-means here (on every seed one cluster had no reliable row, so the balanced set was empty
+    and the unbalanced fallback ran; SPICE-Self is prototype self-training on the embedding).
+    It learns: four times chance, 0.40, is asserted."""
+    feats, labels, nbr, kmeans_acc = digits
+    method_cls = METHODS.get("spice")
+    method = method_cls(from_dict(method_cls.Config, {}))
+    method.fit(FitInputs(feats, 10, 0, nbr))
+    acc = hungarian_acc(labels, method.predict(feats))
+    print(f"spice: ACC {acc:.4f} vs k-means {kmeans_acc:.4f}")
+    assert acc >= 0.40, (acc, kmeans_acc)
+
+
 def test_iic_learns_but_stays_below_kmeans_on_digits_embeddings(digits):
-    """IIC (default config, seed 0) on mined-neighbour pairs of cached embeddings: measured
-    0.386 vs k-means 0.479 on a fresh install of the pinned dependencies. It learns (three
-    times chance, 0.1, is asserted) and loses to k-means here, as its paper's gain needs image
-    augmentations (finetune mode)."""
+    """IIC (default config) on mined-neighbour pairs of cached embeddings: measured 0.386 vs
+    k-means 0.479 at seed 0; seeds 1 / 2: 0.514 / 0.377 vs 0.479 / 0.499 (mean 0.426 vs
+    0.485). It learns (three times chance, 0.30, is asserted) and loses to k-means here on two
+    seeds of three, as its paper's gain needs image augmentations (finetune mode)."""
     feats, labels, nbr, kmeans_acc = digits
     method_cls = METHODS.get("iic")
     method = method_cls(from_dict(method_cls.Config, {}))
@@ -88,8 +108,9 @@ def test_iic_learns_but_stays_below_kmeans_on_digits_embeddings(digits):
 def test_unic_gcd_beats_semi_supervised_kmeans_on_digits_embeddings(digits):
     """GCD (digits 0-4 Old, half of their images labelled): UNIC with labelled images as
     ground-truth neighbours beats semi-supervised k-means on All accuracy (v2, unlabelled
-    images). Measured on this machine, seed 0: with the CI-budget config below (one MLP head,
-    4,000 steps) 0.697 vs 0.475; with the former default of 5 linear restarts 0.521."""
+    images). CI-budget config below (one MLP head, 4,000 steps), measured All ACC at seeds
+    0 / 1 / 2: UNIC 0.688 / 0.598 / 0.604, semi-supervised k-means 0.475 / 0.477 / 0.471
+    (gain +0.212 / +0.121 / +0.133); the test runs seed 0 with margin 0.06."""
     from deepclust.gcd import gcd_scores, make_split
 
     feats, labels, nbr, _ = digits
@@ -106,4 +127,4 @@ def test_unic_gcd_beats_semi_supervised_kmeans_on_digits_embeddings(digits):
         method.fit(FitInputs(feats, 10, 0, nbr, **seen))
         scores[name] = gcd_scores(method.predict(feats), labels, split)
         print(name, {k: round(v, 4) for k, v in scores[name].items()})
-    assert scores["unic"]["acc"] >= scores["sskmeans"]["acc"] + 0.02, scores
+    assert scores["unic"]["acc"] >= scores["sskmeans"]["acc"] + 0.06, scores
