@@ -10,7 +10,8 @@ Layout under the output root::
 
     artifacts/embeddings/{dataset}/{split}/{backbone}/part-*.parquet + _meta.json
     artifacts/neighbors/{embedding key}/k{kmax}/neighbors.parquet + _meta.json
-    runs/{dataset}/{backbone}/{method}/seed{seed}/predictions.parquet + metrics.json
+    runs/{dataset}/{backbone}/{method}-{config hash}/seed{seed}/predictions.parquet + metrics.json
+    runs-oracle/...   the same, for runs whose config test labels chose (``--oracle``)
     leaderboard.{md,csv,json}
 """
 
@@ -97,14 +98,25 @@ class ArtifactStore:
         """The GCD split of one embedded train pool (stored with the embedding artifacts)."""
         return self.root / "artifacts" / "gcd" / embedding_key / split_key
 
-    def run_dir(self, dataset: str, backbone: str, variant: str, seed: int) -> Path:
-        """``variant`` is the method name plus its config hash (``unic-1a2b3c4d``)."""
+    def run_dir(
+        self, dataset: str, backbone: str, variant: str, seed: int, oracle: bool = False
+    ) -> Path:
+        """``variant`` is the method name plus its config hash (``unic-1a2b3c4d``).
+
+        ``oracle``: the run's configuration was chosen by test labels (an ``--oracle``
+        search). Such runs live under their own root (``runs-oracle/``), so an oracle search
+        that picks the same configuration as an honest one never shares, overwrites or
+        relabels the honest run."""
         return (
-            self.root / "runs" / _slug(dataset) / _slug(backbone) / _slug(variant) / f"seed{seed}"
+            self.runs_root(oracle)
+            / _slug(dataset)
+            / _slug(backbone)
+            / _slug(variant)
+            / f"seed{seed}"
         )
 
-    def runs_root(self) -> Path:
-        return self.root / "runs"
+    def runs_root(self, oracle: bool = False) -> Path:
+        return self.root / ("runs-oracle" if oracle else "runs")
 
     def leaderboard_path(self, suffix: str) -> Path:
         return self.root / f"leaderboard.{suffix}"

@@ -1,12 +1,19 @@
 """Leaderboard: every ``runs/**/metrics.json`` (+ ``tune/*/search.json``) -> one table
 (Markdown, CSV, JSON) and PNG plots.
 
-Rows are (setting, benchmark, backbone, method, config) with metrics averaged over seeds (mean
-and std), the objective that selected the config (a search's metric, ``ORACLE ...`` when test
-labels ranked the trials; else the method's own label-free criterion), the search's trial
-count, compute time (search + every seed's run) and the neighbour precision of the mined kNN
-graph as a diagnostic. GCD rows report All accuracy (v2, on the unlabelled pool) as ACC, plus
-Old / New.
+Rows are (setting, benchmark, backbone, method, config, oracle) with metrics averaged over
+seeds (mean and std), the objective that selected the config (a search's metric; else the
+method's own label-free criterion), the search's trial count, compute time (search + every
+seed's run) and the neighbour precision of the mined kNN graph as a diagnostic. GCD rows report
+All accuracy (v2, on the unlabelled pool) as ACC, plus Old / New.
+
+Oracle rows (``--oracle``: test labels ranked the search's trials) never mix with honest ones:
+their runs live under ``runs-oracle/`` (ArtifactStore.run_dir), ``oracle`` is part of the row
+key, so an oracle search's record joins only oracle rows even when it chose the same config as
+an honest search, and every output marks them: the ``oracle`` column (CSV/JSON), ``ORACLE ...``
+in the selected-by column and a ``(ORACLE)`` suffix on the method, in a Markdown section of
+their own below the honest table. The table lists every row (ordered by ACC for reading); no
+summary picks a row by accuracy (the ACC plot's choice: orchestrator/plots.py).
 
 Rebuild everything from the run directories::
 
@@ -26,43 +33,61 @@ from deepclust.artifacts import ArtifactStore
 
 METRICS = ("acc", "nmi", "ari")
 GCD_METRICS = ("acc_old", "acc_new")  # GCD rows: acc is All accuracy (v2) on the unlabelled pool
-GROUP = ("setting", "benchmark", "backbone", "method", "config_hash")
+GROUP = ("setting", "benchmark", "backbone", "method", "config_hash", "oracle")
 SEARCH_FILE = "search.json"  # written by orchestrator.search when a search's seeds are done
+ORACLE_NOTE = "ORACLE rows ranked their trials by test labels: upper bounds, not results."
+
+
+def _join_key(row: dict[str, Any]) -> tuple:
+    """A run's or a search record's GROUP key (oracle as a plain bool: absent is honest)."""
+    return tuple(bool(row.get(k)) if k == "oracle" else row.get(k) for k in GROUP)
 
 
 def collect_records(store: ArtifactStore) -> list[dict[str, Any]]:
-    """Every finished search under the store (tune/<experiment>/search.json)."""
+    """Every finished search under the store (tune/<experiment>/search.json), oldest first
+    (``finished``; a record written before it was kept: the file's mtime)."""
     out = []
     for path in sorted((store.root / "tune").glob(f"*/{SEARCH_FILE}")):
         try:
-            out.append(json.loads(path.read_text()))
+            record = json.loads(path.read_text())
+            record.setdefault("finished", path.stat().st_mtime)
         except (OSError, json.JSONDecodeError):
             continue  # a record being replaced right now: the next rebuild reads it
-    return out
+        out.append(record)
+    return sorted(out, key=lambda r: float(r["finished"]))
 
 
 def collect_runs(store: ArtifactStore) -> list[dict[str, Any]]:
+    """Every finished run: honest ones (runs/), then oracle ones (runs-oracle/, marked
+    ``oracle`` whatever their metrics.json says)."""
     runs = []
-    for path in sorted(store.runs_root().glob("**/metrics.json")):
-        result = ArtifactStore.read_run(path.parent)
-        if result is not None:
-            runs.append(result)
+    for oracle in (False, True):
+        for path in sorted(store.runs_root(oracle).glob("**/metrics.json")):
+            result = ArtifactStore.read_run(path.parent)
+            if result is not None:
+                runs.append({**result, "oracle": oracle or bool(result.get("oracle"))})
     return runs
 
 
 def build_table(
     runs: list[dict[str, Any]], searches: list[dict[str, Any]] | None = None
 ) -> pd.DataFrame:
-    """One row per (setting, benchmark, backbone, method, config): mean/std over seeds,
-    joined with the search that chose the config (``searches``: search.json records)."""
+    """One row per (setting, benchmark, backbone, method, config, oracle): mean/std over
+    seeds, joined with the search that chose the config (``searches``: search.json records,
+    oldest first; the latest of several that chose the same row wins). ``selected_at``: when
+    that search finished (NaN: no search chose the row)."""
     if not runs:
-        return pd.DataFrame(columns=[*GROUP, "seeds", *METRICS, "trials", "selected_by"])
+        return pd.DataFrame(
+            columns=[*GROUP, "seeds", *METRICS, "trials", "selected_by", "selected_at"]
+        )
     df = pd.DataFrame(runs)
     df["setting"] = df["setting"].fillna("clustering") if "setting" in df else "clustering"
-    searched = {tuple(r.get(k) for k in GROUP): r for r in searches or []}
+    df["oracle"] = df["oracle"].fillna(False).astype(bool) if "oracle" in df else False
+    searched = {_join_key(r): r for r in searches or []}
     rows = []
     for keys, group in df.groupby(list(GROUP), sort=True):
         row: dict[str, Any] = dict(zip(GROUP, keys, strict=True))
+        row["oracle"] = bool(row["oracle"])
         row["seeds"] = len(group)
         for m in METRICS:
             row[m] = float(group[m].mean())
@@ -82,21 +107,35 @@ def build_table(
         row["seconds"] = float(total.fillna(own).mean())
         row["objective"] = group["objective"].iloc[0]
         row["n_eval"] = int(group["n_eval"].iloc[0])
-        found = searched.get(tuple(row[k] for k in GROUP))
+        found = searched.get(_join_key(row))
         row["trials"] = int(found["trials"]) if found else 0
         row["selected_by"] = found["selected_by"] if found else row["objective"]
-        row["oracle"] = bool(found and found.get("oracle"))
+        if row["oracle"] and not str(row["selected_by"]).startswith("ORACLE"):
+            # an oracle run no oracle search record names (e.g. a staged oracle run's parent)
+            row["selected_by"] = f"ORACLE run ({row['selected_by']})"
+        row["selected_at"] = float(found["finished"]) if found else np.nan
         row["compute_s"] = float(total.fillna(own).sum()) + (
             float(found["search_seconds"]) if found else 0.0
         )
         rows.append(row)
     table = pd.DataFrame(rows)
     return table.sort_values(
-        ["setting", "benchmark", "acc"], ascending=[True, True, False]
+        ["oracle", "setting", "benchmark", "acc"], ascending=[True, True, True, False]
     ).reset_index(drop=True)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
+    """The honest rows' table, then (when there are any) the oracle rows in a section of their
+    own, each marked ``(ORACLE)`` and ``ORACLE ...`` in the selected-by column."""
+    oracle = table["oracle"].astype(bool) if "oracle" in table else pd.Series(False, table.index)
+    markdown = _markdown_table(table[~oracle])
+    if oracle.any():
+        markdown += f"\n## ORACLE (test labels chose these configs)\n\n{ORACLE_NOTE}\n\n"
+        markdown += _markdown_table(table[oracle])
+    return markdown
+
+
+def _markdown_table(table: pd.DataFrame) -> str:
     cols = [
         "setting",
         "benchmark",
@@ -129,7 +168,7 @@ def to_markdown(table: pd.DataFrame) -> str:
             r["setting"],
             r["benchmark"],
             r["backbone"],
-            r["method"],
+            f"{r['method']} (ORACLE)" if r.get("oracle") else r["method"],
             str(r["seeds"]),
             fmt("acc"),
             fmt("nmi"),
@@ -153,8 +192,6 @@ def write_leaderboard(store: ArtifactStore) -> tuple[pd.DataFrame, str]:
     runs = collect_runs(store)
     table = build_table(runs, collect_records(store))
     markdown = to_markdown(table)
-    if "oracle" in table and table["oracle"].any():
-        markdown += "\nORACLE rows ranked their trials by test labels: upper bounds, not results.\n"
     store.root.mkdir(parents=True, exist_ok=True)
     store.leaderboard_path("md").write_text(markdown)
     table.to_csv(store.leaderboard_path("csv"), index=False)
@@ -184,10 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dir", help="a sweep's --output folder (holds runs/ and tune/)")
     args = p.parse_args(argv)
     root = Path(args.dir)
-    if not (root / "runs").is_dir():
+    store = ArtifactStore(root.resolve())
+    if not any(store.runs_root(oracle).is_dir() for oracle in (False, True)):
         print(f"error: {root} holds no runs/ folder; pass a sweep's --output", file=sys.stderr)
         return 2
-    store = ArtifactStore(root.resolve())
     _, markdown = write_leaderboard(store)
     print(markdown)
     print(f"leaderboard: {', '.join(str(p) for p in leaderboard_files(store))}")

@@ -23,7 +23,7 @@ from deepclust.metrics import clustering_metrics
 from orchestrator.embed import EmbedOptions, ensure_embeddings
 from orchestrator.mine import ensure_neighbors
 from orchestrator.ray_env import RaySession
-from trainables import inputs
+from trainables import inputs, state_io
 from trainables.methods import METHODS, FitInputs
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,10 @@ class MethodRun:
     subset: int | None = None  # first n images (finetune smoke runs)
     # a staged method's parent-stage overrides (default: the parent's default config)
     parent_config: dict[str, Any] = field(default_factory=dict)
+    # the config (or its parent stage's) was chosen by test labels (an --oracle search): the
+    # run lives apart, under runs-oracle/ (ArtifactStore.run_dir), and its metrics.json says
+    # ``"oracle": true``; a staged run's parent stage lives in the same tree
+    oracle: bool = False
 
 
 def _absolute(name: str) -> str:
@@ -176,6 +180,7 @@ def run_method(
             config=run.parent_config,
             workers=run.workers,
             subset=run.subset,
+            oracle=run.oracle,
         )
         parent = run_method(
             parent_run,
@@ -198,6 +203,7 @@ def run_method(
             settings.backbone,
             _variant(parent["method"], parent["config_hash"], gcd),
             run.seed,
+            oracle=run.oracle,
         )
         init_state = parent_dir / inputs.STATE_FILE
     key = stable_key(
@@ -217,7 +223,11 @@ def run_method(
     identity = {"config": config_dict, "parent_config": run.parent_config}
     config_hash = stable_key(identity if run.parent_config else config_dict)[:8]
     run_dir = store.run_dir(
-        splits.fit.name, settings.backbone, _variant(run.method, config_hash, gcd), run.seed
+        splits.fit.name,
+        settings.backbone,
+        _variant(run.method, config_hash, gcd),
+        run.seed,
+        oracle=run.oracle,
     )
     previous = store.read_run(run_dir)
     if (
@@ -234,6 +244,8 @@ def run_method(
     if _trains_with_ray_train(run):
         from trainables import ray_train
 
+        if init_state is not None:  # a planted or damaged file: one line here, not per worker
+            inputs.load_state(str(init_state))
         resources = ray_session.resources()
         job = _job(
             run,
@@ -275,12 +287,10 @@ def run_method(
         )  # leak guard
         predictions = method.predict(eval_emb.features)
         state = method.export_state()
-        if state is not None:
-            import torch
-
+        if state is not None:  # data only (trainables/state_io.py): shared storage
             state_file = run_dir.with_name(run_dir.name + ".state.pt")
             state_file.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(state, state_file)
+            state_io.save_state(state, state_file)
     if gcd:
         metrics = gcd_scores(predictions, eval_emb.labels, gcd[0])
     else:
@@ -298,6 +308,7 @@ def run_method(
         "config": config_dict,
         **({"parent_config": run.parent_config} if run.parent_config else {}),
         "config_hash": config_hash,
+        "oracle": run.oracle,  # test labels chose this config: an upper bound, kept apart
         "objective": method_cls.objective,
         "objective_value": diagnostics.get(method_cls.objective),
         "diagnostics": diagnostics,
@@ -471,7 +482,7 @@ def run_benchmark(
     if search is not None and runs is None:
         from orchestrator.search import SearchFailed
 
-        chosen: dict[str, dict[str, Any]] = {}
+        chosen: dict[str, tuple[dict[str, Any], bool]] = {}
         results = []
         for method in settings.methods:
             try:
@@ -588,13 +599,19 @@ def _search_and_run(
     ray_session: RaySession,
     gcd: tuple[GcdSplit, Path, str] | None,
     search,
-    chosen: dict[str, dict[str, Any]],
+    chosen: dict[str, tuple[dict[str, Any], bool]],
 ) -> list[dict[str, Any]]:
     """Search ``method`` (orchestrator/search.py), then run its best config with every seed.
 
     A staged method starts from its parent's configuration chosen earlier in this sweep (or
     the parent's config at the search fidelity). GCD trials are ranked on held-out labelled
     images: when the headline split holds none out, the search uses a split that does.
+
+    ``--oracle`` (``search.oracle``): a config that test labels chose (this method's search,
+    or its parent stage's) runs as ``MethodRun(oracle=True)``: its run folders live apart
+    from the honest ones (``runs-oracle/``), even when the honest search chose the same
+    config, and its search record joins only those rows. ``chosen`` maps a method to the
+    config its search chose and whether test labels chose it.
     """
     from orchestrator.search import search_method, write_record
     from search_spaces import fidelity_overrides, is_empty
@@ -607,11 +624,13 @@ def _search_and_run(
     workers = 0
     args = (splits, fit_emb, eval_emb, neighbors, settings, store, ray_session)
     parent_cfg: dict[str, Any] = {}
+    parent_oracle = False
     if method_cls.starts_from:
-        parent_cfg = chosen.get(method_cls.starts_from) or fidelity_overrides(
-            method_cls.starts_from, search.fidelity
-        )
+        parent_cfg, parent_oracle = chosen.get(method_cls.starts_from) or ({}, False)
+        parent_cfg = parent_cfg or fidelity_overrides(method_cls.starts_from, search.fidelity)
     searching = search.budget > 0 and not is_empty(method)
+    # test labels chose this config (its search ranked by them) or the parent stage's
+    oracle = bool(search.oracle and (searching or parent_oracle))
     search_gcd = gcd
     if searching and gcd and not search.oracle and not len(gcd[0].val_idx):
         search_gcd = ensure_gcd_split(
@@ -619,11 +638,14 @@ def _search_and_run(
         )
     parent, init_state = None, None
     if searching and method_cls.starts_from:  # the trials start from the parent's state
-        parent_run = MethodRun(method_cls.starts_from, search.seed, parent_cfg, workers)
+        parent_run = MethodRun(
+            method_cls.starts_from, search.seed, parent_cfg, workers, oracle=oracle
+        )
         (parent,) = _run_all(
             [parent_run], args, search_gcd, ray_session, settings.train_on_gpu, require_state=True
         )
         init_state = Path(parent["run_dir"]) / inputs.STATE_FILE
+        inputs.load_state(str(init_state))  # a planted or damaged file: one line, not per trial
     exp_root = store.root / "tune"
     job = _job(
         MethodRun(method, search.seed, {}, 1),
@@ -649,9 +671,9 @@ def _search_and_run(
     outcome, key = search_method(
         method, job, identity, store, ray_session, settings.setting, search, kmax
     )
-    chosen[method] = outcome.config
+    chosen[method] = (outcome.config, oracle)
     runs = [
-        MethodRun(method, seed, outcome.config, workers, None, parent_cfg)
+        MethodRun(method, seed, outcome.config, workers, None, parent_cfg, oracle)
         for seed in settings.seeds
     ]
     results = _run_all(runs, args, gcd, ray_session, settings.train_on_gpu)

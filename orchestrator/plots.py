@@ -1,9 +1,19 @@
 """Leaderboard plots (PNG, matplotlib's Agg backend: no display needed).
 
-* ``leaderboard_acc.png``: ACC (mean ± std over seeds) per method, one group of bars per
-  (setting, benchmark); the best row of each method.
-* ``unic_k.png``: UNIC against its positive-neighbour count: left, ACC of every UNIC run in
-  the store; right, the search objective of every UNIC trial (what the search saw).
+* ``leaderboard_acc.png``: ACC (mean ± std over seeds), one group of bars per (setting,
+  benchmark, backbone). Which rows get a bar (``bar_rows``) never depends on test labels:
+
+  - oracle rows (``--oracle``: test labels ranked the search's trials) are left out; they are
+    upper bounds, not results (the leaderboard lists them in their own section);
+  - of a method's honest rows, the one the most recent honest search chose (the latest
+    ``search.json`` naming a row of that method: the row its label-free objective picked);
+  - a method no search chose a row of (``--budget 0``, ``orchestrator.train``): every row,
+    each bar labelled with its config hash when there are several.
+
+  Accuracy is only ever the bar's height, never what picks the bar.
+* ``unic_k.png``: UNIC against its positive-neighbour count: left, ACC of every honest UNIC
+  run in the store; right, the search objective of every honest UNIC trial (what the search
+  saw). Oracle runs and trials are left out of both.
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ import pandas as pd
 from deepclust.artifacts import ArtifactStore
 
 WORST = 1e9  # trainables.objective.WORST (not imported: plots stay torch-free)
+ORACLE_METRIC = "oracle_acc"  # trainables.objective.ORACLE: only an --oracle trial reports it
+ROW = ["setting", "benchmark", "backbone", "method"]
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +40,8 @@ def plot_paths(store: ArtifactStore) -> list[Path]:
 
 
 def _unic_trials(store: ArtifactStore) -> list[tuple[int, float, str]]:
-    """(pos_k, objective, metric) of every finished UNIC trial under tune/."""
+    """(pos_k, objective, metric) of every finished honest UNIC trial under tune/ (a trial
+    of an --oracle search, which reports ``oracle_acc``, is left out)."""
     out = []
     for params in sorted((store.root / "tune").glob("unic-*/*/params.json")):
         result = params.with_name("result.json")
@@ -39,11 +52,42 @@ def _unic_trials(store: ArtifactStore) -> list[tuple[int, float, str]]:
             continue
         last = json.loads(lines[-1])
         config = json.loads(params.read_text())
-        metric = next((m for m in ("selection_score", "val_acc", "oracle_acc") if m in last), None)
+        if ORACLE_METRIC in last:
+            continue
+        metric = next((m for m in ("selection_score", "val_acc") if m in last), None)
         # degenerate trials carry the worst finite value (trainables.objective.WORST): omitted
         if metric and "pos_k" in config and abs(float(last[metric])) < WORST:
             out.append((int(config["pos_k"]), float(last[metric]), metric))
     return out
+
+
+def bar_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The leaderboard rows the ACC plot draws, one bar each, with a ``label`` column (see the
+    module docstring): never oracle rows; per (setting, benchmark, backbone, method) the row
+    of the latest honest search (``selected_at``), else every row. Test accuracy plays no
+    part in the choice."""
+    columns = [*table.columns, "label"]
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    oracle = table["oracle"].fillna(False).astype(bool) if "oracle" in table else False
+    honest = table[~oracle]
+    picked = []
+    for _, group in honest.groupby(ROW, sort=True):
+        at = pd.to_numeric(
+            group["selected_at"] if "selected_at" in group else pd.Series(np.nan, group.index),
+            errors="coerce",
+        )
+        rows = group.loc[[at.idxmax()]] if at.notna().any() else group
+        rows = rows.assign(
+            label=[
+                f"{r.method} {r.config_hash}" if len(rows) > 1 else r.method
+                for r in rows.itertuples()
+            ]
+        )
+        picked.append(rows)
+    if not picked:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(picked).sort_values([*ROW, "label"]).reset_index(drop=True)
 
 
 def write_plots(store: ArtifactStore, table: pd.DataFrame, runs: list[dict[str, Any]]) -> None:
@@ -55,39 +99,18 @@ def write_plots(store: ArtifactStore, table: pd.DataFrame, runs: list[dict[str, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    best = table.sort_values("acc", ascending=False).drop_duplicates(
-        ["setting", "benchmark", "backbone", "method"]
-    )
-    groups = sorted({(r.setting, r.benchmark, r.backbone) for r in best.itertuples()})
-    methods = sorted(best["method"].unique())
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) * len(methods) / 2), 4))
-    width = 0.8 / len(methods)
-    for i, method in enumerate(methods):
-        rows = [
-            best[
-                (best.method == method)
-                & (best.setting == s)
-                & (best.benchmark == b)
-                & (best.backbone == k)
-            ]
-            for s, b, k in groups
-        ]
-        acc = [100 * r["acc"].iloc[0] if len(r) else np.nan for r in rows]
-        std = [100 * r["acc_std"].iloc[0] if len(r) else 0.0 for r in rows]
-        ax.bar(np.arange(len(groups)) + i * width, acc, width, yerr=std, label=method, capsize=2)
-    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
-    ax.set_xticklabels([f"{b}\n{s}" for s, b, _ in groups], fontsize=8)
-    ax.set_ylabel("ACC (%)")
-    ax.set_title("Clustering accuracy (mean ± std over seeds)")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(plot_paths(store)[0], dpi=120)
-    plt.close(fig)
+    bars = bar_rows(table)
+    if bars.empty:  # only oracle rows: no ACC plot (and none left from an earlier build)
+        plot_paths(store)[0].unlink(missing_ok=True)
+    else:
+        _acc_plot(plt, bars, plot_paths(store)[0])
 
     unic_runs = [
         (r["diagnostics"].get("pos_k") or r["config"].get("pos_k"), r["acc"], r["benchmark"])
         for r in runs
-        if r.get("method") == "unic" and isinstance(r.get("diagnostics"), dict)
+        if r.get("method") == "unic"
+        and not r.get("oracle")
+        and isinstance(r.get("diagnostics"), dict)
     ]
     unic_runs = [u for u in unic_runs if u[0] is not None]
     trials = _unic_trials(store)
@@ -112,4 +135,33 @@ def write_plots(store: ArtifactStore, table: pd.DataFrame, runs: list[dict[str, 
         right.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(plot_paths(store)[1], dpi=120)
+    plt.close(fig)
+
+
+def _acc_plot(plt, bars: pd.DataFrame, path: Path) -> None:
+    """One bar per row of ``bars`` (``bar_rows``), grouped by (setting, benchmark, backbone)."""
+    groups = sorted({(r.setting, r.benchmark, r.backbone) for r in bars.itertuples()})
+    labels = sorted(bars["label"].unique())
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) * len(labels) / 2), 4))
+    width = 0.8 / len(labels)
+    for i, label in enumerate(labels):
+        rows = [
+            bars[
+                (bars.label == label)
+                & (bars.setting == s)
+                & (bars.benchmark == b)
+                & (bars.backbone == k)
+            ]
+            for s, b, k in groups
+        ]
+        acc = [100 * r["acc"].iloc[0] if len(r) else np.nan for r in rows]
+        std = [100 * r["acc_std"].iloc[0] if len(r) else 0.0 for r in rows]
+        ax.bar(np.arange(len(groups)) + i * width, acc, width, yerr=std, label=label, capsize=2)
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
+    ax.set_xticklabels([f"{b}\n{s}" for s, b, _ in groups], fontsize=8)
+    ax.set_ylabel("ACC (%)")
+    ax.set_title("Clustering accuracy (mean ± std over seeds; oracle rows left out)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)

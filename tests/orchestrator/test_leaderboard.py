@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -8,7 +9,6 @@ from orchestrator.leaderboard import build_table, write_leaderboard
 
 def _run(method, seed, acc, bench="digits", **extra):
     return {
-        **extra,
         "benchmark": bench,
         "backbone": "b",
         "method": method,
@@ -20,6 +20,7 @@ def _run(method, seed, acc, bench="digits", **extra):
         "objective": "inertia",
         "n_eval": 10,
         "nbr_precision@20": 0.7,
+        **extra,
     }
 
 
@@ -66,3 +67,148 @@ def test_gcd_rows_show_old_and_new_and_stay_apart_from_clustering_rows():
 
     row = [line for line in to_markdown(table).splitlines() if line.startswith("| gcd |")][0]
     assert "| 80.00 / 50.00 |" in row
+
+
+def _same_config_twice():
+    """One config chosen by an honest search (label-free) and by an oracle search."""
+    honest = [_run("unic", s, 0.5, config_hash="c1", oracle=False) for s in (0, 1)]
+    oracle = [_run("unic", s, 0.9, config_hash="c1", oracle=True) for s in (0, 1)]
+    records = [
+        {
+            **_key("unic", "c1", False),
+            "trials": 4,
+            "search_seconds": 1.0,
+            "finished": 1.0,
+            "selected_by": "selection_score",
+            "oracle": False,
+        },
+        {
+            **_key("unic", "c1", True),
+            "trials": 4,
+            "search_seconds": 1.0,
+            "finished": 2.0,
+            "selected_by": "ORACLE oracle_acc",
+            "oracle": True,
+        },
+    ]
+    return honest + oracle, records
+
+
+def _key(method, config_hash, oracle):
+    return {
+        "setting": "clustering",
+        "benchmark": "digits",
+        "backbone": "b",
+        "method": method,
+        "config_hash": config_hash,
+        "oracle": oracle,
+    }
+
+
+def test_an_oracle_search_of_the_same_config_never_relabels_the_honest_row():
+    runs, records = _same_config_twice()
+    for order in (records, records[::-1]):
+        table = build_table(runs, order).set_index("oracle")
+        assert table.loc[False, "selected_by"] == "selection_score"
+        assert table.loc[True, "selected_by"] == "ORACLE oracle_acc"
+        assert np.isclose(table.loc[False, "acc"], 0.5) and np.isclose(table.loc[True, "acc"], 0.9)
+
+
+def test_oracle_rows_appear_only_in_the_marked_oracle_section():
+    from orchestrator.leaderboard import to_markdown
+
+    runs, records = _same_config_twice()
+    markdown = to_markdown(build_table(runs, records))
+    honest, oracle = markdown.split("## ORACLE")
+    assert "| unic |" in honest and "ORACLE" not in honest
+    rows = [line for line in oracle.splitlines() if line.startswith("| clustering")]
+    assert len(rows) == 1 and "| unic (ORACLE) |" in rows[0]
+    assert "| ORACLE oracle_acc |" in rows[0]
+    assert "upper bounds, not results" in oracle
+    # no oracle run: no oracle section
+    assert "ORACLE" not in to_markdown(build_table(runs[:2], records))
+
+
+def _digits_inputs(tmp_path):
+    """The digits benchmark with synthetic embeddings: a search-and-run without Ray."""
+    from deepclust.artifacts import Embeddings
+    from deepclust.datasets import resolve_dataset
+    from orchestrator.pipeline import BenchmarkSplits
+    from tests.conftest import sweep_settings
+
+    spec = resolve_dataset("digits")
+    images = spec.load("all", Path("."), False).subset(200)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 8))[images.labels] + 0.5 * rng.normal(size=(len(images), 8))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    emb = Embeddings(x, images.labels.astype(np.int64), {"key": "emb0", "path": "unused"})
+    nbr = (np.zeros((len(x), 1), dtype=np.int64), {"key": "n0", "path": None})
+    out = tmp_path / "out"
+    settings = sweep_settings(out, ("kmeans",), seeds=(0, 1), train_on_gpu=False)
+    splits = BenchmarkSplits(spec, images, images)
+    return (splits, emb, emb, nbr, settings, ArtifactStore(out), None)
+
+
+def test_honest_and_oracle_runs_of_one_config_live_apart(tmp_path, monkeypatch):
+    """An honest search, then an --oracle search choosing the same config, then the honest
+    search-and-run again (its runs deleted and trained anew): the honest and oracle runs
+    keep separate folders and the honest row stays selected by the label-free metric.
+    The search itself is a stand-in (Ray Tune's part is tests/orchestrator/test_search.py);
+    the runs go through pipeline._search_and_run and run_method."""
+    import shutil
+
+    import search_spaces
+    from orchestrator import pipeline, search
+    from trainables.methods import METHODS
+    from trainables.objective import search_metric
+
+    def fake_search(method, job, identity, store, ray_session, setting, opts, kmax=50):
+        metric, mode = search_metric(METHODS.get(method), setting, opts.oracle)
+        path = store.root / "tune" / f"{method}-{'oracle' if opts.oracle else 'honest'}"
+        path.mkdir(parents=True, exist_ok=True)
+        outcome = search.SearchOutcome({}, 3, 1.0, metric, mode, 0.5, opts.oracle, str(path))
+        return outcome, f"key-{opts.oracle}"
+
+    def in_process(runs, args, gcd, gpus=0, require_state=False):
+        return [pipeline.run_method(r, *args, require_state, gcd) for r in runs]
+
+    monkeypatch.setattr(search, "search_method", fake_search)
+    monkeypatch.setattr(search_spaces, "is_empty", lambda method: False)  # kmeans "searched"
+    monkeypatch.setattr(pipeline, "_run_in_parallel", in_process)
+    args = _digits_inputs(tmp_path)
+    store = args[5]
+
+    def search_and_run(oracle):
+        opts = search.SearchOptions(budget=3, fidelity="smoke", oracle=oracle)
+        return pipeline._search_and_run("kmeans", *args, None, opts, {})
+
+    def rows():
+        table, markdown = write_leaderboard(store)
+        return table.set_index("oracle"), markdown
+
+    honest = search_and_run(False)
+    oracle = search_and_run(True)
+    assert [r["config_hash"] for r in oracle] == [r["config_hash"] for r in honest]
+    for h, o in zip(honest, oracle, strict=True):
+        assert h["run_dir"] != o["run_dir"]
+        assert Path(o["run_dir"]).is_relative_to(store.runs_root(oracle=True))
+        assert Path(h["run_dir"]).is_relative_to(store.runs_root())
+        assert ArtifactStore.read_run(Path(o["run_dir"]))["oracle"] is True
+        assert ArtifactStore.read_run(Path(h["run_dir"]))["oracle"] is False
+    table, markdown = rows()
+    assert table.loc[False, "selected_by"] == "inertia" and table.loc[False, "seeds"] == 2
+    assert table.loc[True, "selected_by"] == "ORACLE oracle_acc"
+
+    shutil.rmtree(store.runs_root())  # the honest main job, run again from scratch
+    again = search_and_run(False)
+    assert [r["run_dir"] for r in again] == [r["run_dir"] for r in honest]
+    assert all(Path(r["run_dir"]).is_dir() for r in oracle)  # untouched
+    table, markdown = rows()
+    assert table.loc[False, "selected_by"] == "inertia" and table.loc[False, "trials"] == 3
+    assert table.loc[True, "selected_by"] == "ORACLE oracle_acc"
+    honest_md, oracle_md = markdown.split("## ORACLE")
+    assert "| kmeans |" in honest_md and "ORACLE" not in honest_md
+    assert "| kmeans (ORACLE) |" in oracle_md
+    records = json.loads(store.leaderboard_path("json").read_text())
+    assert sorted(r["oracle"] for r in records) == [False, True]
+    assert "oracle" in store.leaderboard_path("csv").read_text().splitlines()[0].split(",")

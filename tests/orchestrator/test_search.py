@@ -68,6 +68,8 @@ def test_train_in_tune_with_asha_finishes(ray_cluster, parquets, tmp_path):
     assert record["trials"] == 2 and record["selected_by"] == "selection_score"
     assert len(list((tmp_path / "out" / "tune").glob("*/train/train-*"))) == 2  # Train runs
     assert [r["method"] for r in results] == ["unic"] and results[0]["acc"] > 0.5
+    assert record["oracle"] is False and results[0]["oracle"] is False
+    assert Path(results[0]["run_dir"]).is_relative_to(tmp_path / "out" / "runs")
     assert results[0]["config_hash"] == record["config_hash"]
     chosen = record["outcome"]["config"]
     assert {k: results[0]["config"][k] for k in chosen} == chosen  # the best config was re-run
@@ -84,6 +86,42 @@ def test_no_objective_reads_labels_without_oracle(ray_cluster, parquets, tmp_pat
         _, runs[which] = _search(ray_cluster, parquet, tmp_path / which, opts)
     assert _trials(runs["true"]) == _trials(runs["shuffled"])
     assert runs["true"]["outcome"]["config"] == runs["shuffled"]["outcome"]["config"]
+
+
+def test_oracle_search_runs_live_apart_and_never_relabel_the_honest_row(
+    ray_cluster, parquets, tmp_path
+):
+    """An honest search, then an --oracle search, in one output folder: the oracle runs live
+    under runs-oracle/ (metrics.json ``oracle: true``), its record joins only them, and the
+    leaderboard keeps the honest row selected by the label-free objective."""
+    out = tmp_path / "out"
+    settings = sweep_settings(out, ("unic",))
+    splits = load_splits(resolve_dataset(f"parquet:{parquets[0]}"), settings)
+    store = ArtifactStore(out)
+    results = {}
+    for oracle in (False, True):
+        opts = SearchOptions(budget=2, fidelity="smoke", asha=False, oracle=oracle)
+        results[oracle] = run_benchmark(splits, settings, store, ray_cluster, search=opts)
+    records = {
+        r["oracle"]: r
+        for r in (json.loads(p.read_text()) for p in out.glob(f"tune/*/{SEARCH_FILE}"))
+    }
+    assert records[True]["selected_by"] == "ORACLE oracle_acc"
+    assert records[False]["selected_by"] == "selection_score"
+    for oracle, (run,) in results.items():
+        assert run["oracle"] is oracle and records[oracle]["config_hash"] == run["config_hash"]
+        assert Path(run["run_dir"]).is_relative_to(store.runs_root(oracle))
+        assert ArtifactStore.read_run(Path(run["run_dir"]))["oracle"] is oracle
+
+    from orchestrator.leaderboard import write_leaderboard
+
+    table, markdown = write_leaderboard(store)
+    by_oracle = table.set_index("oracle")
+    assert by_oracle.loc[False, "selected_by"] == "selection_score"
+    assert by_oracle.loc[True, "selected_by"] == "ORACLE oracle_acc"
+    honest_md, oracle_md = markdown.split("## ORACLE")
+    assert "| unic |" in honest_md and "ORACLE" not in honest_md
+    assert "| unic (ORACLE) |" in oracle_md
 
 
 def _sweep_cmd(parquet, out, *extra):
@@ -197,6 +235,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(parquets, tmp_pa
     row = json.loads((out / "leaderboard.json").read_text())
     unic = [r for r in row if r["method"] == "unic"][0]
     assert unic["trials"] == 4 and unic["selected_by"] == "selection_score"
+    assert unic["oracle"] is False and not (out / "runs-oracle").exists()
     assert unic["seeds"] == 2 and unic["config_hash"] == record["config_hash"]
 
 
