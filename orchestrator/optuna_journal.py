@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import shlex
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -31,6 +32,7 @@ from ray.tune.search.optuna import OptunaSearch
 log = logging.getLogger(__name__)
 
 JOURNAL = "optuna.journal"  # under <output>/tune: every search's study
+DEFAULT_TRIAL = "default_config"  # user attribute of the trial that runs the default config
 DASHBOARD_PORT = 8080
 _announced: set[str] = set()  # journals whose dashboard command this process logged
 
@@ -76,6 +78,17 @@ def new_study(
         study.set_metric_names([metric])
     for key, value in {**attrs, "metric": metric, "mode": mode}.items():
         study.set_user_attr(key, value)
+    # the first trial runs the method's default configuration (no suggestions, see
+    # with_default_first): the search moves away from it only when its objective prefers another
+    study.enqueue_trial({}, user_attrs={DEFAULT_TRIAL: True})
+
+
+def with_default_first(space: Callable[..., dict], trial, **kwargs) -> dict:
+    """A define-by-run space whose enqueued first trial suggests nothing: that trial runs the
+    method's default configuration (at the search's fidelity), every later one samples."""
+    if trial.user_attrs.get(DEFAULT_TRIAL):
+        return {}
+    return space(trial, **kwargs)
 
 
 def study_states(tune_root: Path) -> dict[str, list[str]]:

@@ -155,6 +155,7 @@ def search_method(
         close_abandoned,
         new_study,
         open_journal,
+        with_default_first,
     )
     from trainables.tune_trial import run_trial
 
@@ -193,7 +194,13 @@ def search_method(
         asha = (
             opts.asha and method_cls.reports_objective and metric == method_cls.search_objective[0]
         )
-        space = functools.partial(SPACES.get(method), setting=setting, kmax=kmax)
+        space = functools.partial(
+            with_default_first,
+            SPACES.get(method),
+            setting=setting,
+            kmax=kmax,
+            num_clusters=job["num_clusters"],
+        )
         journal = open_journal(root)  # every search's Optuna study, for optuna-dashboard
         study_attrs = {
             "method": method,
@@ -285,16 +292,24 @@ def _best(grid, method, base, metric, mode, opts, exp_dir, seconds) -> SearchOut
 
 
 def write_record(outcome: SearchOutcome, key: str, final: dict[str, Any]) -> None:
-    """Mark a search finished (its ``search.json``): the outcome and the leaderboard join
-    keys of the final runs (setting, benchmark, backbone, method, config hash)."""
+    """Mark a search finished (its ``search.json``): the outcome, the leaderboard join keys
+    of the final runs (setting, benchmark, backbone, method, config hash, oracle: an oracle
+    search's record joins only the oracle runs, never an honest row with the same config)
+    and when it finished (``finished``, epoch seconds: the latest honest selection is what
+    the ACC plot shows, orchestrator/plots.py)."""
     if outcome.path is None:
         return
+    if bool(final.get("oracle")) != outcome.oracle:
+        raise ValueError(
+            f"search record oracle={outcome.oracle} for a run with oracle={final.get('oracle')}"
+        )
     path = Path(outcome.path) / SEARCH_FILE
     payload = {
         "key": key,
         "outcome": outcome.__dict__,
         **{k: final[k] for k in ("setting", "benchmark", "backbone", "method", "config_hash")},
         **outcome.record(),
+        "finished": time.time(),
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=float))
