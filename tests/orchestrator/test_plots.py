@@ -11,7 +11,8 @@ from orchestrator import plots
 from orchestrator.leaderboard import build_table
 
 
-def _run(config_hash, seed, acc, method="unic", oracle=False):
+def _key(config_hash, method="unic", oracle=False):
+    """The leaderboard row a run or search record belongs to."""
     return {
         "setting": "clustering",
         "benchmark": "digits",
@@ -19,6 +20,12 @@ def _run(config_hash, seed, acc, method="unic", oracle=False):
         "method": method,
         "config_hash": config_hash,
         "oracle": oracle,
+    }
+
+
+def _run(config_hash, seed, acc, method="unic", oracle=False):
+    return {
+        **_key(config_hash, method, oracle),
         "seed": seed,
         "acc": acc,
         "nmi": acc / 2,
@@ -32,16 +39,11 @@ def _run(config_hash, seed, acc, method="unic", oracle=False):
 
 def _record(config_hash, finished, oracle=False, method="unic"):
     return {
-        "setting": "clustering",
-        "benchmark": "digits",
-        "backbone": "b",
-        "method": method,
-        "config_hash": config_hash,
+        **_key(config_hash, method, oracle),
         "trials": 4,
         "search_seconds": 1.0,
         "selected_by": "ORACLE oracle_acc" if oracle else "selection_score",
         "best_value": 0.1,
-        "oracle": oracle,
         "finished": finished,
     }
 

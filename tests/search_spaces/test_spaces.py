@@ -12,19 +12,17 @@ from trainables.methods import METHODS
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+# every (method, setting) a method runs in
+METHOD_SETTINGS = [
+    (n, s) for n in METHODS.names() for s in ("clustering", "gcd") if s in METHODS.get(n).settings
+]
+
+
 def test_every_method_has_a_space():
     assert set(SPACES.names()) == set(METHODS.names())
 
 
-@pytest.mark.parametrize(
-    "name,setting",
-    [
-        (n, s)
-        for n in METHODS.names()
-        for s in ("clustering", "gcd")
-        if s in METHODS.get(n).settings
-    ],
-)
+@pytest.mark.parametrize("name,setting", METHOD_SETTINGS)
 def test_suggested_names_are_config_fields_and_validate(name, setting):
     method_cls = METHODS.get(name)
     fields = {f.name for f in dataclasses.fields(method_cls.Config)}
@@ -62,15 +60,7 @@ def test_neighbour_counts_stay_within_the_mined_table(name):
 NOT_SEARCHED = {"unic": {"head", "input_norm", "empty_policy", "pos_weighting", "augment"}}
 
 
-@pytest.mark.parametrize(
-    "name,setting",
-    [
-        (n, s)
-        for n in METHODS.names()
-        for s in ("clustering", "gcd")
-        if s in METHODS.get(n).settings
-    ],
-)
+@pytest.mark.parametrize("name,setting", METHOD_SETTINGS)
 def test_searched_choice_fields_cover_every_choice(name, setting):
     """A choice field a space searches is searched over all its Literal's values (the space
     reads them from the config type, so a new value is searched without editing the space)."""
