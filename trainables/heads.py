@@ -95,5 +95,7 @@ class MultiHead(nn.Module):
             x = first.normalize(x)
             weight = torch.stack([h.net.weight for h in self.heads])  # (R, C, D)
             bias = torch.stack([h.net.bias for h in self.heads])  # (R, C)
-            return torch.einsum("bd,rcd->rbc", x, weight) + bias[:, None, :]
+            r, c, d = weight.shape
+            out = torch.addmm(bias.reshape(1, r * c), x, weight.reshape(r * c, d).t())
+            return out.view(len(x), r, c).transpose(0, 1)  # (R, B, C)
         return torch.stack([h(x) for h in self.heads])

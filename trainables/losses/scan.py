@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainables.losses.neighbors import entropy_term, positive_loss, probs
+from trainables.losses.neighbors import EPS, _check, pair_nll, probs
 
 
 def scan_loss(
@@ -23,17 +23,29 @@ def scan_loss(
     """L = -(1/B) sum_i log<p(a_i), p(n_i)> - lambda * H(pbar), pbar = mean_i p(a_i).
 
     Args:
-        anchor_logits: (B, C). neighbor_logits: (B, C), one sampled neighbour per anchor.
+        anchor_logits: (B, C), or (R, B, C) for R heads trained side by side on the same
+            batch (SCAN's heads): the loss is then the sum of the R heads' losses, so each
+            head gets its full gradient, computed in one pass.
+        neighbor_logits: the same shape, one sampled neighbour per anchor.
         entropy_weight: lambda (5 in every SCAN config).
     Returns:
-        (loss scalar, {"loss/consistency", "loss/entropy"}) with entropy = H(pbar) >= 0.
+        (loss scalar, {"loss/consistency", "loss/entropy"}) with entropy = H(pbar) >= 0, both
+        averaged over heads.
     """
-    consistency = positive_loss(anchor_logits, neighbor_logits)
-    neg_entropy = entropy_term(anchor_logits)  # sum pbar log pbar = -H(pbar)
-    loss = consistency + entropy_weight * neg_entropy
+    _check(anchor_logits, "anchor_logits")
+    if neighbor_logits.shape != anchor_logits.shape:
+        raise ValueError(
+            f"neighbor_logits {tuple(neighbor_logits.shape)} != anchor_logits "
+            f"{tuple(anchor_logits.shape)}"
+        )
+    p_anchor = probs(anchor_logits)
+    consistency = pair_nll((p_anchor * probs(neighbor_logits)).sum(-1), same=True).mean(-1)
+    pbar = p_anchor.mean(-2)
+    neg_entropy = (pbar * torch.log(pbar.clamp(min=EPS))).sum(-1)  # sum pbar log pbar = -H
+    loss = (consistency + entropy_weight * neg_entropy).sum()
     return loss, {
-        "loss/consistency": float(consistency.detach()),
-        "loss/entropy": float(-neg_entropy.detach()),
+        "loss/consistency": float(consistency.detach().mean()),
+        "loss/entropy": float(-neg_entropy.detach().mean()),
     }
 
 

@@ -68,15 +68,9 @@ class Scan(ClusteringMethod):
 
     def _step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
         b = len(batch["anchor"])
+        # (2B, C) or, with several heads, (R, 2B, C): one loss call sums the heads' losses
         logits = model(torch.cat([batch["anchor"], batch["partner"]]))
-        heads = logits if logits.ndim == 3 else logits[None]
-        total, sums = 0.0, {}
-        for out in heads:  # summed: every head gets its full gradient (SCAN sums per head)
-            loss, logs = scan_loss(out[:b], out[b:], self.config.entropy_weight)
-            total = total + loss
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v / len(heads)
-        return total, sums
+        return scan_loss(logits[..., :b, :], logits[..., b:, :], self.config.entropy_weight)
 
     def fit(self, inputs: FitInputs, hooks: loop.LoopHooks | None = None) -> dict[str, float]:
         hooks = hooks or loop.LoopHooks()

@@ -79,3 +79,19 @@ def test_degenerate_input():
         scan_loss(torch.zeros(0, 3), torch.zeros(0, 3))
     with pytest.raises(ValueError, match="threshold"):
         selflabel_loss(torch.zeros(4, 3), torch.zeros(4, 3), 0.99)
+
+
+def test_heads_side_by_side_sum_their_losses():
+    """(R, B, C) logits: the loss is the sum of the R heads' (B, C) losses, so each head's
+    gradient is what it would get alone; the logs are the heads' means."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 6, 5, generator=g, requires_grad=True)
+    n = torch.randn(4, 6, 5, generator=g)
+    loss, logs = scan_loss(a, n, 3.0)
+    alone = [scan_loss(a[r], n[r], 3.0) for r in range(4)]
+    assert float(loss) == pytest.approx(sum(float(x) for x, _ in alone), rel=1e-6)
+    for key in ("loss/consistency", "loss/entropy"):
+        assert logs[key] == pytest.approx(np.mean([lg[key] for _, lg in alone]), rel=1e-6)
+    (grad,) = torch.autograd.grad(loss, a)
+    (grad0,) = torch.autograd.grad(alone[0][0], a)
+    assert torch.allclose(grad[0], grad0[0], atol=1e-6)
