@@ -9,11 +9,7 @@ neighbours for every configuration, so two trials are scored on the same footing
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-
-WORST_AGREEMENT = -1.0  # degenerate partitions (an empty cluster or collapsed sizes)
 
 
 def neighbor_agreement(
@@ -33,21 +29,20 @@ def neighbor_agreement(
         k: raw neighbours per anchor (5, as UNIC's and SCAN's selection scores, spec 10).
         anchors: fixed anchors drawn with ``seed`` (all rows when N is smaller).
 
-    A partition that leaves a cluster empty or whose size entropy is below 0.9 log C scores
-    ``WORST_AGREEMENT`` (the same degeneracy rule as UNIC's selection score): one giant
-    cluster would otherwise agree with every neighbour.
+    The random-pair term is the agreement the partition's own cluster sizes give by chance
+    (sum_c p_c^2, p_c the cluster's share of the rows), so collapse is penalised smoothly: one giant cluster scores 0, and a
+    partition into m equal, perfectly neighbour-consistent clusters scores 1 - 1/m, below the
+    same with all C clusters used. There is no cut-off for small or empty clusters: a hard
+    rule made every partition below it tie at one value, so a search could not tell a good
+    partition that leaves a cluster empty from a worse one that fills all of them
+    (bench/objective_check.py measures both variants on development data).
     """
     pred = np.asarray(pred)
     n = len(pred)
     if neighbors.shape[0] != n or neighbors.shape[1] < k:
         raise ValueError(f"need (N={n}, >= {k}) neighbours, got {neighbors.shape}")
-    sizes = np.bincount(pred, minlength=num_clusters) / n
-    used = sizes[sizes > 0]
-    if (sizes == 0).any() or -(used * np.log(used)).sum() < 0.9 * math.log(num_clusters):
-        return WORST_AGREEMENT
-    rng = np.random.default_rng(seed)
-    rows = rng.choice(n, min(n, anchors), replace=False)
-    partner = rng.integers(0, n, len(rows))
+    rows = np.random.default_rng(seed).choice(n, min(n, anchors), replace=False)
     same_nbr = (pred[neighbors[rows, :k]] == pred[rows, None]).mean()
-    same_random = (pred[partner] == pred[rows]).mean()
+    sizes = np.bincount(pred, minlength=num_clusters) / n
+    same_random = float(sizes @ sizes)  # P(two rows drawn at random share a cluster)
     return float(same_nbr - same_random)

@@ -1,7 +1,7 @@
 import numpy as np
 
 from deepclust.knn import knn_self
-from deepclust.selection import WORST_AGREEMENT, neighbor_agreement
+from deepclust.selection import neighbor_agreement
 
 
 def _blobs(seed=0):
@@ -24,7 +24,15 @@ def test_relabelling_clusters_does_not_change_the_score():
     assert neighbor_agreement((y + 1) % 4, nbr, 4) == neighbor_agreement(y, nbr, 4)
 
 
-def test_degenerate_partitions_score_worst():
+def test_collapse_is_penalised_smoothly():
     _, y, nbr = _blobs()
-    assert neighbor_agreement(np.zeros_like(y), nbr, 4) == WORST_AGREEMENT  # one cluster
-    assert neighbor_agreement(np.minimum(y, 2), nbr, 4) == WORST_AGREEMENT  # cluster 3 empty
+    assert neighbor_agreement(np.zeros_like(y), nbr, 4) == 0.0  # one cluster: chance level
+    merged = neighbor_agreement(np.minimum(y, 2), nbr, 4)  # classes 2 and 3 merged
+    assert 0.0 < merged < neighbor_agreement(y, nbr, 4)
+
+
+def test_the_chance_term_is_the_partitions_own_size_distribution():
+    _, y, nbr = _blobs()
+    pred = np.minimum(y, 2)  # sizes 50, 50, 100 of 200
+    same_nbr = (pred[nbr[:, :5]] == pred[:, None]).mean()
+    assert neighbor_agreement(pred, nbr, 4) == same_nbr - (0.25**2 * 2 + 0.5**2)
