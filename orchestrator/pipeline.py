@@ -145,11 +145,15 @@ def run_method(
     require_state: bool = False,
     gcd: tuple[GcdSplit, Path, str] | None = None,
     cached_only: bool = False,
+    fitted: inputs.KeptFit | None = None,
 ) -> dict[str, Any] | None:
     """Fit, predict the eval split, score, and write the run's artifacts (cached by key).
 
     ``cached_only``: return the cached result, or None where the run (or its parent) would
     have to train.
+
+    ``fitted``: a search trial's fit of exactly this run (same config, seed and inputs), used
+    instead of training it again.
 
     ``gcd`` (the split, its file and key): the GCD setting. Methods with ``gcd_labels`` get the
     labelled rows and their labels, nothing else; every run is scored on the unlabelled rows.
@@ -241,7 +245,14 @@ def run_method(
         return None
     t0 = time.perf_counter()
     state_file: Path | None = None
-    if _trains_with_ray_train(run):
+    if fitted is not None:
+        predictions, diagnostics, state_file = (
+            fitted.predictions,
+            fitted.diagnostics,
+            fitted.state_file,
+        )
+        t0 -= fitted.seconds
+    elif _trains_with_ray_train(run):
         from trainables import ray_train
 
         if init_state is not None:  # a planted or damaged file: one line here, not per worker
@@ -323,7 +334,7 @@ def run_method(
     }
     extra = {inputs.STATE_FILE: state_file} if state_file and state_file.exists() else None
     store.write_run(run_dir, predictions, result, extra)
-    if state_file is not None and state_file.name.endswith(".state.pt"):
+    if state_file is not None and state_file.name.endswith(".state.pt") and fitted is None:
         state_file.unlink(missing_ok=True)
     log.info(
         "%s/%s seed %d: acc=%.4f nmi=%.4f ari=%.4f (%s)",
@@ -658,6 +669,9 @@ def _search_and_run(
         exp_root / "work",
         search_gcd[1] if search_gcd else None,
     )
+    # a trial fitted on the headline inputs (not on a GCD selection split) keeps its fit: the
+    # search seed's final run of the selected config is that fit
+    job["keep_fits"] = search_gcd is gcd
     identity = {
         "benchmark": splits.spec.name,
         "backbone": settings.backbone,
@@ -676,6 +690,11 @@ def _search_and_run(
         MethodRun(method, seed, outcome.config, workers, None, parent_cfg, oracle)
         for seed in settings.seeds
     ]
+    if outcome.path and job["keep_fits"] and search.seed in settings.seeds:
+        run = runs[settings.seeds.index(search.seed)]
+        kept = inputs.kept_fit(Path(outcome.path) / "fits", outcome.config, search.seed)
+        if kept is not None and not _trains_with_ray_train(run):
+            run_method(run, *args, False, gcd, fitted=kept)
     results = _run_all(runs, args, gcd, ray_session, settings.train_on_gpu)
     if key is not None:
         write_record(outcome, key, results[0])

@@ -173,6 +173,11 @@ def search_method(
         "train_cpus": resources.train_worker_cpus(resources.gpus > 0),
         "train_storage": str((exp_dir / "train").resolve()),
         "cpu_threads": threads,
+        # trials that train in their own process keep their fit for the final run of the
+        # search seed (pipeline._search_and_run); Ray Train trials do not
+        "fits_dir": str(exp_dir / "fits")
+        if job.get("keep_fits") and not opts.trial_workers
+        else None,
     }
     trainable = tune.with_resources(tune.with_parameters(run_trial, job=trial_job), per_trial)
     t0 = time.perf_counter()

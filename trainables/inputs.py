@@ -4,12 +4,16 @@ evaluation split."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deepclust.artifacts import ArtifactStore
+from deepclust.artifacts import ArtifactStore, stable_key
 from deepclust.config import from_dict
 from trainables import state_io
 from trainables.methods import METHODS, ClusteringMethod, FitInputs
@@ -65,3 +69,61 @@ def predict_eval(method: ClusteringMethod, job: dict[str, Any]) -> np.ndarray:
     if getattr(method.config, "finetune", False):
         return method.predict_images(_images(job, "eval_split"))
     return method.predict(ArtifactStore.read_embeddings(Path(job["eval_embeddings"])).features)
+
+
+@dataclass(frozen=True)
+class KeptFit:
+    """A finished search trial's fit, kept so that the final run of the search seed with the
+    selected configuration is that fit instead of a second, identical training (runs are
+    deterministic for a seed). Data only: a .npy read without pickle, state_io's state file,
+    JSON."""
+
+    predictions: np.ndarray  # (M,) cluster ids of the eval split
+    diagnostics: dict[str, Any]
+    state_file: Path | None  # the method's export_state(), for stages that start from it
+    seconds: float
+
+
+def _fit_dir(root: Path, config: dict[str, Any], seed: int) -> Path:
+    return root / stable_key({"config": config, "seed": seed})[:16]
+
+
+def keep_fit(
+    root: Path,
+    method: ClusteringMethod,
+    job: dict[str, Any],
+    diagnostics: dict[str, Any],
+    seconds: float,
+) -> None:
+    """Write a trial's fit under ``root`` (shared storage: the driver reads it), atomically."""
+    directory = _fit_dir(root, job["method_config"], int(job["seed"]))
+    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    np.save(tmp / "predictions.npy", predict_eval(method, job).astype(np.int64))
+    state = method.export_state()
+    if state is not None:
+        state_io.save_state(state, tmp / STATE_FILE)
+    meta = {"config": job["method_config"], "seed": int(job["seed"]), "seconds": seconds}
+    (tmp / "fit.json").write_text(json.dumps({**meta, "diagnostics": diagnostics}, default=float))
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+
+
+def kept_fit(root: Path, config: dict[str, Any], seed: int) -> KeptFit | None:
+    """The fit a trial kept for ``config`` and ``seed``, or None (none kept, or unreadable:
+    the run then trains as usual)."""
+    directory = _fit_dir(root, config, seed)
+    try:
+        meta = json.loads((directory / "fit.json").read_text())
+        predictions = np.load(directory / "predictions.npy", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if meta.get("config") != config or meta.get("seed") != seed:
+        return None
+    state = directory / STATE_FILE
+    return KeptFit(
+        predictions,
+        meta["diagnostics"],
+        state if state.is_file() else None,
+        float(meta["seconds"]),
+    )

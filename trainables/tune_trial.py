@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,12 @@ def _in_process(job: dict[str, Any]) -> None:
             )
 
     hooks = LoopHooks(report=report, resume_state=_resume_state(), want_objective=True)
+    t0 = time.perf_counter()
     diagnostics = method.fit(fit_inputs, hooks)
+    seconds = round(time.perf_counter() - t0, 2)
     value = objective.trial_objective(method, diagnostics, job, fit_inputs)
+    if job.get("fits_dir"):  # the search seed's final run of this config can be this fit
+        job_inputs.keep_fit(Path(job["fits_dir"]), method, job, diagnostics, seconds)
     tune.report({**objective.numeric(diagnostics), metric: value, "final": 1.0})
 
 

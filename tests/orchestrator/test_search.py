@@ -5,6 +5,7 @@ resumes without re-running finished trials, and the leaderboard rebuilds from th
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from deepclust.artifacts import ArtifactStore
@@ -86,6 +88,30 @@ def test_no_objective_reads_labels_without_oracle(ray_cluster, parquets, tmp_pat
         _, runs[which] = _search(ray_cluster, parquet, tmp_path / which, opts)
     assert _trials(runs["true"]) == _trials(runs["shuffled"])
     assert runs["true"]["outcome"]["config"] == runs["shuffled"]["outcome"]["config"]
+
+
+def test_the_search_seeds_run_is_the_selected_trials_fit(ray_cluster, parquets, tmp_path):
+    """The final run of the search seed with the selected config is the trial's kept fit, not
+    a second training; trained again from scratch it gives the same predictions and score."""
+    out = tmp_path / "out"
+    opts = SearchOptions(budget=2, fidelity="smoke", asha=False)
+    settings = sweep_settings(out, ("scan",))
+    splits = load_splits(resolve_dataset(f"parquet:{parquets[0]}"), settings)
+    store = ArtifactStore(out)
+    (first,) = run_benchmark(splits, settings, store, ray_cluster, search=opts)
+    (record,) = [json.loads(p.read_text()) for p in out.glob(f"tune/*/{SEARCH_FILE}")]
+    fits = Path(record["search_path"]) / "fits"
+    assert len(list(fits.glob("*/fit.json"))) == 2  # one per finished trial
+    run_dir = Path(first["run_dir"])
+    kept = pd.read_parquet(run_dir / "predictions.parquet")
+    shutil.rmtree(fits)
+    shutil.rmtree(run_dir)
+    (again,) = run_benchmark(splits, settings, store, ray_cluster, search=opts)  # search cached
+    assert again["key"] == first["key"]
+    pd.testing.assert_frame_equal(pd.read_parquet(run_dir / "predictions.parquet"), kept)
+    assert again["diagnostics"]["scan_selection"] == pytest.approx(
+        first["diagnostics"]["scan_selection"], rel=1e-6
+    )
 
 
 def test_oracle_search_runs_live_apart_and_never_relabel_the_honest_row(
