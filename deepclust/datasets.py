@@ -707,21 +707,77 @@ def load_parquet(
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"cannot read parquet at {path}: {str(exc).splitlines()[0]}") from exc
     classes = (schema.metadata or {}).get(b"classes", b"").decode()
-    class_names = (
-        tuple(c.strip() for c in classes.split(","))
-        if classes
-        else tuple(str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0))
-    )
+    named = tuple(c.strip() for c in classes.split(",")) if classes else None
+    labels, class_names = checked_labels(labels, str(path), label_column, named)
     return ImageSet(
         name=name or f"parquet:{path}",
         split=split,
         labels=labels,
-        num_classes=max(len(class_names), int(labels.max()) + 1 if len(labels) else 0),
+        num_classes=len(class_names),
         class_names=class_names,
         fingerprint=_file_fingerprint(files),
         parquet=ParquetSource(parts, image_column, label_column),
         origin=str(path),
     )
+
+
+def checked_labels(
+    values: pa.Array | np.ndarray,
+    where: str,
+    column: str = "label",
+    class_names: tuple[str, ...] | None = None,
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """A user's label column as (N,) int64 class ids in [0, C) and the C class names.
+
+    Integer labels keep their ids when they index ``class_names`` (the file's listed classes)
+    or are exactly 0..C-1; any other set of integers (negative, 1-based, sparse), or strings,
+    is mapped in sorted order onto 0..C-1, and the names record the mapping (name i = the
+    original value of class i). Null, fractional or non-numeric, non-string labels, an empty set and a single class
+    raise a one-line UserError before any stage runs.
+    """
+    arr = pa.array(values) if isinstance(values, np.ndarray) else values
+    n = len(arr)
+    if n == 0:
+        raise UserError(f"{where} holds no rows; point the benchmark at a non-empty dataset")
+    if arr.null_count:
+        first = int(np.flatnonzero(np.asarray(arr.is_null()))[0])
+        raise UserError(
+            f"{where}: {arr.null_count} null label(s) in column '{column}' (first at row "
+            f"{first}); give every image a label"
+        )
+    kind = arr.type
+    if pa.types.is_dictionary(kind):
+        arr, kind = arr.cast(kind.value_type), kind.value_type
+    if pa.types.is_floating(kind):
+        floats = arr.to_numpy(zero_copy_only=False)
+        if not np.isfinite(floats).all() or (floats != np.round(floats)).any():
+            bad = floats[~np.isfinite(floats) | (floats != np.round(floats))][0]
+            raise UserError(
+                f"{where}: label column '{column}' holds non-integer values (e.g. {bad}); "
+                "use integer or string class labels"
+            )
+        raw: np.ndarray = floats.astype(np.int64)
+    elif pa.types.is_integer(kind) or pa.types.is_boolean(kind):
+        raw = arr.to_numpy(zero_copy_only=False).astype(np.int64)
+    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        raw = np.asarray(arr.to_pylist(), dtype=object)
+    else:
+        raise UserError(
+            f"{where}: label column '{column}' has type {kind}; use integer or string labels"
+        )
+    values_sorted, ids = np.unique(raw, return_inverse=True)
+    if len(values_sorted) < 2:
+        raise UserError(
+            f"{where}: every image has the label {str(values_sorted[0])!r}; clustering is scored "
+            "against at least 2 classes"
+        )
+    if raw.dtype != object and values_sorted[0] >= 0:
+        top = int(values_sorted[-1])
+        if class_names and top < len(class_names):  # ids index the listed class names
+            return raw, tuple(class_names)
+        if top == len(values_sorted) - 1:  # exactly 0..C-1
+            return raw, tuple(str(i) for i in range(top + 1))
+    return ids.astype(np.int64), tuple(str(v) for v in values_sorted)
 
 
 def _only_binary_column(schema: pa.Schema) -> str | None:
@@ -755,8 +811,8 @@ def _parquet_manifest(
                 parts.append(ParquetPart(str(f.resolve()), rg, skip, n, first, file_row + skip))
                 first += n
             file_row += rows
-        labels.append(pq.read_table(f, columns=[label_column]).column(0).to_numpy())
-    labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
+        labels.append(pq.read_table(f, columns=[label_column]).column(0).combine_chunks())
+    labels = pa.concat_arrays(labels) if labels else pa.array([], pa.int64())
     return tuple(parts), labels
 
 
@@ -822,3 +878,26 @@ def resolve_dataset(name: str) -> DatasetSpec:
                 raise DatasetUnavailable(f"dataset '{name}' not found: {path} does not exist")
             return build(path)
     return DATASETS.get(name, hint="or parquet:<path> / folder:<path>")
+
+
+def aligned_eval(fit: ImageSet, ev: ImageSet) -> ImageSet:
+    """``ev`` with its class ids in ``fit``'s numbering (matched by class name): an eval split
+    may lack some classes, never have one the fit split does not."""
+    if ev is fit or ev.class_names == fit.class_names:
+        return ev
+    index = {name: i for i, name in enumerate(fit.class_names)}
+    present = [ev.class_names[c] for c in np.unique(ev.labels)]
+    extra = [name for name in present if name not in index]
+    if extra:
+        raise UserError(
+            f"{ev.name}: the {ev.split} split has classes the {fit.split} split lacks "
+            f"({', '.join(extra[:5])}); both splits must share one set of class labels"
+        )
+    remap = np.array([index.get(name, -1) for name in ev.class_names], dtype=np.int64)
+    return replace(
+        ev,
+        labels=remap[ev.labels],
+        num_classes=fit.num_classes,
+        class_names=fit.class_names,
+        fingerprint=_hash(ev.fingerprint, fit.class_names),  # the stored labels changed
+    )

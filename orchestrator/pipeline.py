@@ -16,7 +16,7 @@ import numpy as np
 
 from deepclust.artifacts import ArtifactStore, Embeddings, stable_key
 from deepclust.config import from_dict, to_dict
-from deepclust.datasets import DatasetSpec, ImageSet
+from deepclust.datasets import DatasetSpec, ImageSet, aligned_eval
 from deepclust.errors import UserError
 from deepclust.gcd import GcdSplit, default_old_classes, gcd_scores, make_split
 from deepclust.metrics import clustering_metrics
@@ -70,7 +70,7 @@ def load_splits(spec: DatasetSpec, settings: SweepSettings) -> BenchmarkSplits:
         if spec.eval_split == spec.fit_split
         else spec.load(spec.eval_split, settings.data_root, settings.download)
     )
-    return BenchmarkSplits(spec, fit, ev)
+    return BenchmarkSplits(spec, fit, aligned_eval(fit, ev))
 
 
 @dataclass(frozen=True)

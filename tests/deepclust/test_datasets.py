@@ -3,6 +3,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -15,6 +16,7 @@ from deepclust.datasets import (
     resolve_dataset,
 )
 from deepclust.errors import UserError
+from tests.conftest import make_images, sweep_settings
 
 STANDARD = [
     "digits",
@@ -196,3 +198,82 @@ def test_a_parquet_imageset_holds_no_image_bytes(tiny_parquet, monkeypatch):
     assert ds.encoded is None and ds.pixels is None and ds.parquet is not None
     assert ds.source_column == "encoded" and len(ds) == 24
     assert len(pickle.dumps(ds)) < 4096  # tiny_parquet holds ~24 KB of PNGs
+
+
+@pytest.mark.parametrize(
+    "values,ids,names",
+    [
+        (pa.array([2, 0, 1, 0], pa.int16()), [2, 0, 1, 0], ("0", "1", "2")),  # as given
+        (pa.array([-5, 4, -4, 4]), [0, 2, 1, 2], ("-5", "-4", "4")),  # negative: remapped
+        (pa.array([1, 2, 3, 1]), [0, 1, 2, 0], ("1", "2", "3")),  # 1-based: remapped
+        (pa.array([0, 1, 10**6]), [0, 1, 2], ("0", "1", "1000000")),  # sparse: remapped
+        (pa.array(["dog", "cat", "dog"]), [1, 0, 1], ("cat", "dog")),  # strings, sorted
+        (pa.array([1.0, 2.0, 1.0]), [0, 1, 0], ("1", "2")),  # integral floats
+    ],
+)
+def test_labels_become_class_ids_with_the_mapping_kept(values, ids, names):
+    from deepclust.datasets import checked_labels
+
+    got, class_names = checked_labels(values, "x.parquet")
+    assert got.dtype == np.int64 and got.tolist() == ids and class_names == names
+
+
+def test_listed_class_names_keep_the_given_ids():
+    from deepclust.datasets import checked_labels
+
+    got, names = checked_labels(pa.array([0, 2]), "x", class_names=("a", "b", "c"))
+    assert got.tolist() == [0, 2] and names == ("a", "b", "c")  # class "b" has no image here
+
+
+@pytest.mark.parametrize(
+    "values,fragment",
+    [
+        (pa.array([1, None, 2]), "1 null label(s) in column 'label' (first at row 1)"),
+        (pa.array([1.5, 2.0]), "non-integer values (e.g. 1.5)"),
+        (pa.array([1.0, float("nan")]), "non-integer values"),
+        (pa.array([], pa.int64()), "holds no rows"),
+        (pa.array([3, 3, 3]), "every image has the label '3'"),
+        (pa.array([[1], [2]]), "has type list<item: int64>"),
+    ],
+)
+def test_bad_labels_are_one_line_errors(values, fragment):
+    from deepclust.datasets import checked_labels
+
+    with pytest.raises(UserError) as err:
+        checked_labels(values, "x.parquet")
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def _labelled_parquet(path, labels):
+    images, _ = make_images(len(labels))
+    pq.write_table(pa.table({"image": pa.array(images, pa.binary()), "label": labels}), path)
+    return path
+
+
+def test_an_eval_split_is_numbered_as_the_fit_split(tmp_path):
+    """Train and test parquets with string labels, test lacking one class: test's ids are the
+    train split's; a class only the test split has is a one-line error."""
+    from orchestrator.pipeline import load_splits
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    _labelled_parquet(folder / "train.parquet", pa.array(["ant", "bee", "cat", "bee"]))
+    _labelled_parquet(folder / "test.parquet", pa.array(["cat", "ant", "cat"]))
+    splits = load_splits(resolve_dataset(f"parquet:{folder}"), sweep_settings(tmp_path))
+    assert splits.fit.class_names == splits.eval.class_names == ("ant", "bee", "cat")
+    assert splits.eval.labels.tolist() == [2, 0, 2] and splits.eval.num_classes == 3
+    _labelled_parquet(folder / "test.parquet", pa.array(["cat", "dog", "cat"]))
+    with pytest.raises(UserError, match="the test split has classes the train split lacks"):
+        load_splits(resolve_dataset(f"parquet:{folder}"), sweep_settings(tmp_path))
+
+
+def test_bad_labels_stop_the_sweep_before_ray_starts(tmp_path, capsys):
+    from orchestrator.sweep import main
+
+    bad = _labelled_parquet(tmp_path / "bad.parquet", pa.array([0, None, 1], pa.int64()))
+    code = main(["--benchmark", f"parquet:{bad}", "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "null label(s)" in err[0], err
+    import ray
+
+    assert not ray.is_initialized()
