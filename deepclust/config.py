@@ -5,6 +5,11 @@ them). :func:`from_dict` is the one way to build a config from untrusted input (
 spaces, saved JSON): unknown keys are errors with a did-you-mean, and values are type-checked
 (ints are accepted for float fields; bools are never accepted as ints).
 
+Numbers are range-checked where the config is built: every int or float field is finite and
+>= 0 unless its type narrows it further with :data:`Count` (sizes and counts, >= 1),
+:data:`Rate` (learning rates, temperatures, > 0) or :data:`Fraction` (probabilities,
+thresholds, momenta, shares of a set, in [0, 1]).
+
 A choice field is typed ``Literal[...]`` listing exactly the values the code supports (the one
 source of truth: module tuples of choices are ``typing.get_args`` of it, search spaces read
 :func:`choices`). Configs inherit :class:`CheckedChoices`, so a config built directly, not
@@ -17,14 +22,41 @@ import dataclasses
 import difflib
 import functools
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from deepclust.errors import UserError
 
 C = TypeVar("C")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The interval a numeric field's value must lie in (``lo`` excluded when ``lo_open``)."""
+
+    lo: float = 0.0
+    hi: float = math.inf
+    lo_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        return (
+            math.isfinite(value)
+            and (value > self.lo if self.lo_open else value >= self.lo)
+            and value <= self.hi
+        )
+
+    def describe(self) -> str:
+        low = f"> {self.lo:g}" if self.lo_open else f">= {self.lo:g}"
+        return low if math.isinf(self.hi) else f"in [{self.lo:g}, {self.hi:g}]"
+
+
+NON_NEGATIVE = Range(0.0)  # every plain int / float field
+Count = Annotated[int, Range(1.0)]  # sizes, counts, epochs, heads, neighbours
+Rate = Annotated[float, Range(0.0, lo_open=True)]  # learning rates, temperatures
+Fraction = Annotated[float, Range(0.0, 1.0)]  # probabilities, thresholds, momenta, shares
 
 
 def _check_type(value: Any, tp: Any) -> bool:
@@ -81,6 +113,46 @@ def choices(cls: type, name: str) -> tuple[Any, ...]:
     return found[name]
 
 
+@functools.cache
+def range_fields(cls: type) -> dict[str, Range]:
+    """{field: Range} for every int / float init field of config ``cls`` (optional ones too:
+    ``None`` is not range-checked)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        options = (
+            typing.get_args(tp)
+            if typing.get_origin(tp) in (typing.Union, types.UnionType)
+            else (tp,)
+        )
+        for option in options:
+            if typing.get_origin(option) is Annotated:
+                base, *extras = typing.get_args(option)
+                found = [e for e in extras if isinstance(e, Range)]
+                if base in (int, float) and found:
+                    out[f.name] = found[0]
+            elif option in (int, float):
+                out.setdefault(f.name, NON_NEGATIVE)
+    return out
+
+
+def check_ranges(cfg: Any) -> None:
+    """UserError naming the field and its range when a number lies outside it (NaN and
+    infinities never pass)."""
+    for name, rng in range_fields(type(cfg)).items():
+        value = getattr(cfg, name)
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if not rng.holds(value):
+            raise UserError(
+                f"{type(cfg).__name__}.{name}={value!r} is out of range; it must be a finite "
+                f"number {rng.describe()}"
+            )
+
+
 def check_choices(cfg: Any) -> None:
     """UserError naming the field and its valid values when a Literal field holds another."""
     for name, allowed in choice_fields(type(cfg)).items():
@@ -93,11 +165,13 @@ def check_choices(cfg: Any) -> None:
 
 
 class CheckedChoices:
-    """Base of every config dataclass: its ``__post_init__`` runs :func:`check_choices`
-    (a subclass defining its own ``__post_init__`` calls ``super().__post_init__()``)."""
+    """Base of every config dataclass: its ``__post_init__`` runs :func:`check_choices` and
+    :func:`check_ranges` (a subclass defining its own ``__post_init__`` calls
+    ``super().__post_init__()``)."""
 
     def __post_init__(self) -> None:
         check_choices(self)
+        check_ranges(self)
 
 
 def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:

@@ -15,7 +15,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision import transforms as T
 
-from deepclust.config import CheckedChoices
+from deepclust.config import CheckedChoices, Count, Rate
 from deepclust.errors import UserError
 from deepclust.preprocess import Preprocess, open_image
 from trainables.loop import LoopConfig, LoopHooks, epoch_generator, epoch_seed, fit
@@ -143,10 +143,10 @@ class FinetuneOptions(CheckedChoices):
 
     finetune: bool = False
     unfreeze_last_blocks: int = 1
-    ft_lr: float = 1e-4
+    ft_lr: Rate = 1e-4
     ft_weight_decay: float = 1e-4
-    ft_batch_size: int = 128  # anchors per step over all workers
-    ft_epochs: int = 50
+    ft_batch_size: Count = 128  # anchors per step over all workers
+    ft_epochs: Count = 50
     augment: Augment = "simclr"  # the training view (spec 4.5: SimCLR augmentation)
 
 

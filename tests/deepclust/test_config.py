@@ -101,3 +101,27 @@ def test_parse_override_reads_json_else_keeps_the_string():
     for bad in ("pos_k", "=3"):
         with pytest.raises(UserError, match="--set expects KEY=VALUE"):
             parse_override(bad)
+
+
+def test_every_numeric_field_of_every_method_is_range_checked():
+    """Each int / float field of each method's config refuses NaN, infinity and -1 (counts
+    also 0, rates 0, fractions 1.5) with a one-line error naming the field and its range."""
+    import math
+
+    from deepclust.config import Range, from_dict, range_fields
+    from trainables.methods import METHODS
+
+    checked = 0
+    for name in METHODS.names():
+        cls = METHODS.get(name).Config
+        for field, rng in range_fields(cls).items():
+            bad = [math.nan, math.inf, -1]
+            bad += [0] if rng == Range(1.0) or rng.lo_open else []
+            bad += [1.5] if rng.hi == 1.0 else []
+            for value in bad:
+                # a float for an int field fails the type check first
+                match = rf"{cls.__name__}\.{field}(=.* out of range| must be .*int)"
+                with pytest.raises(UserError, match=match):
+                    from_dict(cls, {field: value})
+                checked += 1
+    assert checked > 300

@@ -79,6 +79,11 @@ def test_bad_override_is_a_one_line_error(tiny_parquet, tmp_path):
         ("scan_selflabel", ("--set", "temi.epochs=3"), "use 'scan.KEY'"),
         ("scan_selflabel", ("--set", "scan.min_stepz=3"), "unknown key 'min_stepz' for ScanConfig"),
         ("temi", ("--finetune",), "'temi' has no finetune mode (methods with one: scan,"),
+        ("unic", ("--set", "batch_size=-5"), "UnicConfig.batch_size=-5 is out of range"),
+        ("unic", ("--set", "lr=NaN"), "UnicConfig.lr=nan is out of range; it must be a finite"),
+        ("temi", ("--set", "num_heads=0"), "TemiConfig.num_heads=0 is out of range"),
+        ("kmeans", ("--set", "n_init=0"), "KMeansConfig.n_init=0 is out of range"),
+        ("scan_selflabel", ("--set", "scan.num_heads=-1"), "ScanConfig.num_heads=-1 is out"),
     ],
 )
 def test_bad_stage_or_mode_is_a_one_line_error(tiny_parquet, tmp_path, method, args, fragment):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from deepclust.config import Count, Rate
 from deepclust.errors import UserError
 from trainables import loop
 from trainables.finetune import FinetuneOptions, embed_images, finetune_model
@@ -28,9 +29,9 @@ from trainables.pairs import NeighborPairs, PairSteps, check_k, unwrap
 
 @dataclass(frozen=True)
 class IicConfig(FinetuneOptions):
-    num_neighbors: int = 20
-    repeats: int = 3  # neighbours per anchor per batch (the paper's r)
-    num_subheads: int = 5
+    num_neighbors: Count = 20
+    repeats: Count = 3  # neighbours per anchor per batch (the paper's r)
+    num_subheads: Count = 5
     # deviation: the paper's overclustering head A (7C outputs) helps through the trunk it
     # shares with head B; heads on frozen embeddings share no parameters, so head A cannot
     # change head B's result and is off by default (set 7 for the paper's head pair).
@@ -43,12 +44,12 @@ class IicConfig(FinetuneOptions):
     # Chosen on the dev set (5,000 GCD-labelled CIFAR-10 train images, never scored; K=5,
     # k-means 64.74): bench/dev_defaults.py, ACC mean +- std over seeds 0-2: lr 1e-4 36.21
     # +- 0.80, 1e-3 38.03 +- 0.02, 1e-2 69.27 +- 2.91, 3e-2 73.47 +- 1.61 (the grid's top).
-    lr: float = 3e-2
+    lr: Rate = 3e-2
     weight_decay: float = 0.0
-    pairs_per_class: int = 100  # batch = clamp(pairs_per_class * C, 500, 4000) pairs
+    pairs_per_class: Count = 100  # batch = clamp(pairs_per_class * C, 500, 4000) pairs
     # deviation: the official runs train from scratch for up to 2000 epochs (spec 5.5); heads
     # on frozen embeddings get 50 epochs (at least min_steps steps on small sets).
-    epochs: int = 50
+    epochs: Count = 50
     min_steps: int = 600
 
 

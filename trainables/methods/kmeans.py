@@ -12,14 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.cluster import KMeans as _SkKMeans
 
-from deepclust.config import CheckedChoices
+from deepclust.config import CheckedChoices, Count
 from trainables.methods.base import ClusteringMethod, FitInputs
 
 
 @dataclass(frozen=True)
 class KMeansConfig(CheckedChoices):
-    n_init: int = 10  # restarts; the best inertia wins (sklearn's classic default)
-    max_iter: int = 300  # Lloyd iterations per restart; converges far earlier on embeddings
+    n_init: Count = 10  # restarts; the best inertia wins (sklearn's classic default)
+    max_iter: Count = 300  # Lloyd iterations per restart; converges far earlier on embeddings
 
 
 class KMeans(ClusteringMethod):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from deepclust.config import Count, Rate
 from trainables import loop
 from trainables.finetune import FinetuneOptions, embed_images, finetune_model
 from trainables.heads import ClusterHead, HeadKind, MultiHead
@@ -32,19 +33,19 @@ from trainables.pairs import (
 
 @dataclass(frozen=True)
 class ScanConfig(FinetuneOptions):
-    num_neighbors: int = 20  # k (SCAN: 20 for CIFAR/STL, 50 for ImageNet subsets)
+    num_neighbors: Count = 20  # k (SCAN: 20 for CIFAR/STL, 50 for ImageNet subsets)
     include_self: bool = True  # sample from the k + 1 entries that include the anchor (official)
     entropy_weight: float = 5.0  # lambda
-    num_heads: int = 10  # heads trained side by side; the lowest selection loss is kept
+    num_heads: Count = 10  # heads trained side by side; the lowest selection loss is kept
     head: HeadKind = "linear"
     # deviation: SCAN's CIFAR configs use Adam lr 1e-4 for the whole network over 50-100
     # epochs of 50k images; a linear head on cached embeddings gets the same optimiser and
     # scale rule as UNIC (Adam 1e-3, clamp(N/80, 32, 512) anchors, >= 8000 steps) so the
     # comparison isolates the loss.
-    lr: float = 1e-3
+    lr: Rate = 1e-3
     weight_decay: float = 1e-4
-    batch_size: int | None = None
-    epochs: int | None = None
+    batch_size: Count | None = None
+    epochs: Count | None = None
     min_steps: int = 8000
 
 

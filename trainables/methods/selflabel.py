@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deepclust.config import Count, Fraction, Rate
 from deepclust.errors import UserError
 from trainables import loop
 from trainables.finetune import FinetuneOptions, embed_images, finetune_model
@@ -29,17 +30,17 @@ from trainables.pairs import dropout, scan_selection_loss
 
 @dataclass(frozen=True)
 class SelfLabelConfig(FinetuneOptions):
-    threshold: float = 0.99  # confidence above which a prediction becomes a pseudo-label
+    threshold: Fraction = 0.99  # confidence above which a prediction becomes a pseudo-label
     balanced: bool = True  # class-balanced cross-entropy (CIFAR/STL configs)
     # deviation: SCAN's strong view is RandAugment + Cutout of the image; on cached embeddings
     # the strong view is dropout on the embedding (rate below), the weak view the embedding.
-    strong_dropout: float = 0.5
-    lr: float = 1e-4  # Adam, as SCAN's CIFAR self-label config
+    strong_dropout: Fraction = 0.5
+    lr: Rate = 1e-4  # Adam, as SCAN's CIFAR self-label config
     weight_decay: float = 1e-4
-    batch_size: int = 1000
+    batch_size: Count = 1000
     # deviation: 200 epochs (spec 4.7), but at least min_steps steps: a set of at most 1,000
     # rows has one batch per epoch and gets 400 epochs (a rule in N, as the other stages).
-    epochs: int = 200
+    epochs: Count = 200
     min_steps: int = 400
 
 

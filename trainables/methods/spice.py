@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deepclust.config import Count, Fraction, Rate
 from deepclust.errors import UserError
 from trainables import loop
 from trainables.finetune import FinetuneOptions, finetune_model
@@ -54,24 +55,24 @@ class SpiceConfig(FinetuneOptions):
     # --- SPICE-Self ---
     # deviation: the official heads are 10 x MLP [512, 512, K] on a 512-d backbone; on
     # 1280-d embeddings and a 2-core CPU the default is 5 heads with 256 hidden units.
-    num_heads: int = 5
-    hidden: int = 256
-    big_batch: int = 5000  # rows per pseudo-labelling round (min with N)
-    center_ratio: float = 0.5  # prototype = mean of the top center_ratio * N/K rows
-    select_ratio: float = 1.0  # N/K * ratio rows per cluster get its pseudo-label
-    repeats: int = 8  # passes over each round's selection
-    minibatch: int = 128
-    lr: float = 5e-3  # Adam, no weight decay
+    num_heads: Count = 5
+    hidden: Count = 256
+    big_batch: Count = 5000  # rows per pseudo-labelling round (min with N)
+    center_ratio: Fraction = 0.5  # prototype = mean of the top center_ratio * N/K rows
+    select_ratio: Fraction = 1.0  # N/K * ratio rows per cluster get its pseudo-label
+    repeats: Count = 8  # passes over each round's selection
+    minibatch: Count = 128
+    lr: Rate = 5e-3  # Adam, no weight decay
     # deviation: 30 epochs of 60k images in the CIFAR-10 config (360 rounds); cached heads
     # converge in far fewer rounds, so 10 epochs of N images.
-    epochs: int = 10
+    epochs: Count = 10
     double_softmax: bool = True  # reproduce the official CE-on-probabilities quirk
-    strong_dropout: float = 0.5  # deviation: stands in for the "scan" image augmentation
+    strong_dropout: Fraction = 0.5  # deviation: stands in for the "scan" image augmentation
     # --- reliable samples ---
     # deviation: the official check uses 100 neighbours; the default mined table has 50 (+ self)
-    reliable_neighbors: int = 50  # N_s, the sample itself included
-    consistency_ratio: float = 0.9  # eta (0.9 STL/ImageNet, 0.99 CIFAR configs)
-    confidence_threshold: float = 0.99
+    reliable_neighbors: Count = 50  # N_s, the sample itself included
+    consistency_ratio: Fraction = 0.9  # eta (0.9 STL/ImageNet, 0.99 CIFAR configs)
+    confidence_threshold: Fraction = 0.99
     # class balancing of the reliable set: smallest (SPICE's code: every cluster cut to the
     # smallest one's count) | median (cut to the median cluster's count) | none.
     # "smallest", the official code's rule (an empty set takes the spec 6.8 fallback below).
@@ -81,23 +82,23 @@ class SpiceConfig(FinetuneOptions):
     # the paper's rule is kept.
     balance: BalanceRule = "smallest"
     # --- SPICE-Semi ---
-    semi_lr: float = 0.03  # SGD momentum 0.9, cosine
+    semi_lr: Rate = 0.03  # SGD momentum 0.9, cosine
     semi_weight_decay: float = 5e-4
-    semi_labelled_batch: int = 64
-    semi_unlabelled_ratio: int = 7  # mu
-    semi_threshold: float = 0.95
+    semi_labelled_batch: Count = 64
+    semi_unlabelled_ratio: Count = 7  # mu
+    semi_threshold: Fraction = 0.95
     semi_unlabelled_weight: float = 1.0
     # deviation: the official semi stage runs 2^20 iterations with an EMA (0.999) evaluation
     # model (spec 6.7); a head on cached embeddings runs 100 passes over the set (at least
     # semi_min_steps steps) and predicts with its last weights, no EMA copy: the cosine
     # schedule has the lr near 0 over the last steps, where an EMA would average.
-    semi_epochs: int = 100  # passes over the unlabelled set
+    semi_epochs: Count = 100  # passes over the unlabelled set
     semi_min_steps: int = 2000
     # --- finetune mode: SPICE-Semi on images (SGD + cosine as the semi stage) ---
-    ft_lr: float = 0.03
+    ft_lr: Rate = 0.03
     ft_weight_decay: float = 5e-4
-    ft_batch_size: int = 64  # labelled images per step; semi_unlabelled_ratio x that unlabelled
-    ft_epochs: int = 10  # passes over the unlabelled set
+    ft_batch_size: Count = 64  # labelled images per step; semi_unlabelled_ratio x that unlabelled
+    ft_epochs: Count = 10  # passes over the unlabelled set
 
 
 FALLBACKS = ("none", "unbalanced", "top_confident")

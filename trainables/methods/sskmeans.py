@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepclust.config import CheckedChoices
+from deepclust.config import CheckedChoices, Count
 from deepclust.errors import UserError
 from deepclust.gcd import ss_kmeans
 from deepclust.knn import l2_normalize
@@ -17,8 +17,8 @@ from trainables.methods.base import ClusteringMethod, FitInputs
 
 @dataclass(frozen=True)
 class SSKMeansConfig(CheckedChoices):
-    n_init: int = 100  # GCD evaluation scripts (v2 is sensitive to the initialisation)
-    max_iter: int = 200
+    n_init: Count = 100  # GCD evaluation scripts (v2 is sensitive to the initialisation)
+    max_iter: Count = 200
     tol: float = 1e-4
 
 

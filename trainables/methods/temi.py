@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deepclust.config import CheckedChoices
+from deepclust.config import CheckedChoices, Count, Fraction, Rate
 from deepclust.errors import UserError
 from trainables import loop
 from trainables.losses.temi import teacher_probs, temi_loss, update_marginal
@@ -28,26 +28,26 @@ from trainables.pairs import NeighborPairs, PairSteps, cached_schedule, check_k,
 
 @dataclass(frozen=True)
 class TemiConfig(CheckedChoices):
-    num_neighbors: int = 50  # k: the partner is uniform over the top-k
+    num_neighbors: Count = 50  # k: the partner is uniform over the top-k
     # deviation: the README runs 16 heads and the paper 50; on a 2-core CPU each head costs
     # ~50 ms per 1k pairs, so the default is 4 (raise it on a GPU or in a sweep).
-    num_heads: int = 4
-    hidden: int = 512
-    bottleneck: int = 256
-    beta: float = 0.6
-    student_temp: float = 0.1
-    teacher_temp: float = 0.1  # the official warm-up goes 0.1 -> 0.1: constant
-    teacher_momentum: float = 0.996  # per step; the official cosine goes 0.996 -> 0.996
-    marginal_momentum: float = 0.9
-    lr: float = 1e-4  # scaled by batch / 256, AdamW, decay only on >= 2-D weights
+    num_heads: Count = 4
+    hidden: Count = 512
+    bottleneck: Count = 256
+    beta: Fraction = 0.6
+    student_temp: Rate = 0.1
+    teacher_temp: Rate = 0.1  # the official warm-up goes 0.1 -> 0.1: constant
+    teacher_momentum: Fraction = 0.996  # per step; the official cosine goes 0.996 -> 0.996
+    marginal_momentum: Fraction = 0.9
+    lr: Rate = 1e-4  # scaled by batch / 256, AdamW, decay only on >= 2-D weights
     weight_decay: float = 1e-4
     warmup_epochs: int = 10  # 20% of the epochs, as the README's 20 of 100
     # deviation: the README trains 1024 pairs per step (spec 2.5); a fixed 1024 is most of a
     # small set, so the batch scales with N, clamp(N // 40, 64, 1024) (1024 from N = 40,960
     # on), and small sets train at least min_steps steps. A rule in N, not tuned on labels.
-    batch_size: int | None = None  # None: clamp(N // 40, 64, 1024) pairs
+    batch_size: Count | None = None  # None: clamp(N // 40, 64, 1024) pairs
     # deviation: 100 epochs in the README; 50 on this CPU budget (cost is epochs x N x heads)
-    epochs: int = 50
+    epochs: Count = 50
     min_steps: int = 1000
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from deepclust.config import CheckedChoices
+from deepclust.config import CheckedChoices, Count, Fraction, Rate
 from deepclust.errors import UserError
 from deepclust.neighbors import (
     CleanRule,
@@ -54,20 +54,20 @@ GcdNegSource = Literal["mined", "labels", "both"]
 @dataclass(frozen=True)
 class UnicConfig(CheckedChoices):
     # --- positives (spec sections 3-4) ---
-    pos_k: int | None = None  # None: min(20, N // (2C)), half the expected class size at most
+    pos_k: Count | None = None  # None: min(20, N // (2C)), half the expected class size at most
     clean_rule: CleanRule = "pair_overlap"
-    clean_m: int | None = None  # second-order list length; None: pos_k
-    min_shared_frac: float = 0.2  # sigma; keeps pairs sharing >= ceil(sigma * m) neighbours
-    spread_drop_frac: float = 0.2  # anchor_spread only
+    clean_m: Count | None = None  # second-order list length; None: pos_k
+    min_shared_frac: Fraction = 0.2  # sigma; keeps pairs sharing >= ceil(sigma * m) neighbours
+    spread_drop_frac: Fraction = 0.2  # anchor_spread only
     empty_policy: EmptyPolicy = "skip"  # skip masks the positive term; self; top1
     pos_weighting: PosWeighting = "uniform"  # shared: probability ~ shared count
     # --- negatives (spec section 5) ---
     neg_rule: NegRule = "far_rank"
-    neg_min_rank_frac: float = 0.9  # rho: negatives come from outside the nearest rho*(N-1)
+    neg_min_rank_frac: Fraction = 0.9  # rho: negatives come from outside the nearest rho*(N-1)
     neg_exclude_shared: bool = True
-    n_neg: int = 1
-    neg_ref_size: int = 4096  # reference sample for the rank threshold
-    neg_tries: int = 8
+    n_neg: Count = 1
+    neg_ref_size: Count = 4096  # reference sample for the rank threshold
+    neg_tries: Count = 8
     # --- loss (spec section 7) ---
     w_pos: float = 1.0
     w_neg: float = 1.0
@@ -84,25 +84,25 @@ class UnicConfig(CheckedChoices):
     # batches and keeps the one with the lowest label-free selection score (section 10), as
     # SCAN keeps its lowest-loss head. It is off by default, as in the paper (R restarts cost
     # R times one); no accuracy on any data chose this default.
-    num_heads: int = 1
+    num_heads: Count = 1
     # --- cached-mode training (spec section 8) ---
-    lr: float = 1e-3
+    lr: Rate = 1e-3
     weight_decay: float = 1e-4
     # deviation: the spec trains 512 anchors per step for at least 20k steps. A fixed 512 is
     # most of a small set (1,797 digits: 4 steps per epoch), so the batch scales with N,
     # clamp(N // 80, 32, 512), reaching the spec's 512 from N = 40,960 on; and with those
     # smaller batches 8000 steps (at least 100 epochs) stand in for 20k to keep CPU runs short.
     # A scale rule in N set for small sets and run time, not tuned on any label.
-    batch_size: int | None = None  # None: clamp(N // 80, 32, 512) anchors per step
-    epochs: int | None = None  # None: 100 epochs over the anchors, at least min_steps steps
+    batch_size: Count | None = None  # None: clamp(N // 80, 32, 512) anchors per step
+    epochs: Count | None = None  # None: 100 epochs over the anchors, at least min_steps steps
     min_steps: int = 8000  # small sets need many small steps to converge
     # --- finetune mode (spec section 8) ---
     finetune: bool = False
     unfreeze_last_blocks: int = 1
-    ft_lr: float = 0.1
+    ft_lr: Rate = 0.1
     ft_weight_decay: float = 5e-5
-    ft_batch_size: int = 128
-    ft_epochs: int = 50
+    ft_batch_size: Count = 128
+    ft_epochs: Count = 50
     augment: Augment = "simgcd"
     init_head_from_cached: bool = True
     # deviation: the spec's refresh_neighbors_every option (re-mine every n epochs) is not
