@@ -835,18 +835,56 @@ def _parquet_spec(path: Path) -> DatasetSpec:
     return DatasetSpec(f"parquet:{path}", load_all, "all", "all", f"parquet at {path}", ("all",))
 
 
-def load_folder(root: Path, name: str, split: str = "all") -> ImageSet:
-    """An ImageFolder (one sub-folder per class), keeping torchvision's class->index map."""
-    from torchvision.datasets import ImageFolder
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
+
+def scan_image_folder(root: Path) -> tuple[list[str], list[int], list[str]]:
+    """(paths, labels, class names) of an ImageFolder tree: one sub-folder per class (sorted,
+    as torchvision numbers them), image files found recursively in sorted order.
+
+    Symbolic links are followed, but each real folder is entered once and each real file kept
+    once (the first path that reaches it), so a link loop or a folder linked twice never
+    repeats images."""
+    classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"no class sub-folder in {root}")
+    paths, labels, seen_dirs, seen_files = [], [], set(), set()
+    for label, name in enumerate(classes):
+        found = 0
+        for folder, subdirs, files in os.walk(root / name, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen_dirs:
+                subdirs[:] = []
+                continue
+            seen_dirs.add(real)
+            subdirs.sort()
+            for file in sorted(files):
+                if not file.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                path = os.path.join(folder, file)
+                real_file = os.path.realpath(path)
+                if real_file in seen_files or not os.path.isfile(real_file):
+                    continue
+                seen_files.add(real_file)
+                paths.append(path)
+                labels.append(label)
+                found += 1
+        if not found:
+            raise FileNotFoundError(
+                f"class folder '{name}' holds no image ({', '.join(IMAGE_EXTENSIONS)})"
+            )
+    return paths, labels, classes
+
+
+def load_folder(root: Path, name: str, split: str = "all") -> ImageSet:
+    """An ImageFolder (one sub-folder per class), numbered as torchvision's ImageFolder."""
     if not root.is_dir():
         raise _missing(name, root, "check the path (one sub-folder per class)")
     try:
-        ds = ImageFolder(str(root))
+        paths, labels, classes = scan_image_folder(root)
     except FileNotFoundError as exc:
         raise _missing(name, root, str(exc).splitlines()[0]) from exc
-    paths, labels = zip(*ds.samples, strict=True)
-    return _path_set(name, split, paths, labels, ds.classes, origin=str(root))
+    return _path_set(name, split, paths, labels, classes, origin=str(root))
 
 
 def _folder_spec(root: Path) -> DatasetSpec:

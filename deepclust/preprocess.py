@@ -78,8 +78,24 @@ def resize_geometry(width: int, height: int, pp: Preprocess) -> tuple[int, int, 
     return new_w, new_h, left, top
 
 
+def to_8bit(img: Image.Image) -> Image.Image:
+    """8-bit RGB. 16-bit greyscale (PIL modes I;16*, and I holding values above 255) is
+    scaled by 255 / 65535 and float images (mode F) in [0, 1] by 255, instead of PIL's
+    convert, which clips them to 0 / 255."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16") or arr.max(initial=0) > 255:
+            arr = arr * (255.0 / 65535.0)
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        img = Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
 def _resize_crop(img: Image.Image, pp: Preprocess) -> np.ndarray:
-    img = img.convert("RGB")
+    img = to_8bit(img)
     w, h = img.size
     new_w, new_h, left, top = resize_geometry(w, h, pp)
     if (new_w, new_h) != (w, h):

@@ -277,3 +277,23 @@ def test_bad_labels_stop_the_sweep_before_ray_starts(tmp_path, capsys):
     import ray
 
     assert not ray.is_initialized()
+
+
+def test_a_folder_with_link_loops_lists_each_real_image_once(tmp_path):
+    """cat/ holds 3 images and a link back to itself; dog/ holds 2 and a link to cat/: 5
+    images, numbered as torchvision's ImageFolder numbers the same tree without links."""
+    from torchvision.datasets import ImageFolder
+
+    plain = tmp_path / "plain"
+    for cls, n in (("cat", 3), ("dog", 2)):
+        (plain / cls / "sub").mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(plain / cls / "sub" / f"{i}.png")
+    reference = ImageFolder(str(plain))
+    (plain / "cat" / "sub" / "loop").symlink_to(plain / "cat", target_is_directory=True)
+    (plain / "dog" / "also_cat").symlink_to(plain / "cat", target_is_directory=True)
+    ds = resolve_dataset(f"folder:{plain}").load("all", Path("."), False)
+    assert len(ds) == 5 and ds.class_names == ("cat", "dog")
+    assert [(Path(p).name, y) for p, y in zip(ds.paths, ds.labels, strict=True)] == [
+        (Path(p).name, y) for p, y in reference.samples
+    ]

@@ -51,3 +51,27 @@ def test_grayscale_pixels_become_rgb():
     batch = {"idx": np.arange(2), "label": np.zeros(2), "pixels": np.full((2, 8, 8), 200, np.uint8)}
     out = decode_batch(batch, pp)
     assert out["image"].shape == (2, 16, 16, 3) and (out["image"] == 200).all()
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    """A 16-bit greyscale PNG ramp decodes to the same ramp in 8 bits (PIL's own convert
+    would clip every value above 255 to white)."""
+    import io
+
+    ramp = np.repeat(np.linspace(0, 65535, 224).astype(np.uint16)[None], 224, 0)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode.startswith("I;16")
+    pp = Preprocess(
+        input_size=224, crop_pct=1.0, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3
+    )
+    batch = {
+        "idx": np.array([0]),
+        "label": np.array([0]),
+        "encoded": np.array([buf.getvalue()], dtype=object),
+    }
+    out = decode_batch(batch, pp)
+    got = out["image"][0][..., 0].astype(int)
+    expected = np.rint(ramp.astype(float) * 255 / 65535).astype(int)
+    assert out["error"][0] == "" and np.abs(got - expected).max() <= 1
+    assert got.mean() == pytest.approx(127.5, abs=1)  # clipping gave about 254
