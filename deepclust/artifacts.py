@@ -3,8 +3,15 @@
 Every artifact is a directory of Parquet files plus ``_meta.json``, written last and atomically
 (build in a temp sibling, then rename), so a directory with a valid meta is complete by
 construction. The meta records the schema version, the inputs' key, the row count and every
-file's size; :meth:`ArtifactStore.check` rejects a missing, foreign-key, wrong-schema or
-truncated artifact so the stage rebuilds it instead of reading garbage.
+file's size and SHA-256; :meth:`ArtifactStore.check` rejects a missing, foreign-key,
+wrong-schema, truncated or altered artifact so the stage rebuilds it instead of reading
+garbage.
+
+Publishing is safe with several writers on one shared filesystem (Ray tasks and trials on a
+cluster): a finished temp folder is renamed into place, which succeeds for exactly one writer;
+a writer that finds the same result already published discards its own, and a stale folder
+(other inputs) is first renamed aside, never deleted in place under a reader. Readers only
+ever see complete folders, and temp folders start with a dot, which no reader lists.
 
 Layout under the output root::
 
@@ -34,8 +41,42 @@ import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-file SHA-256 in the meta
 META_NAME = "_meta.json"
+_CHUNK = 1 << 20
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def publish(tmp: Path, directory: Path, same: Any = None) -> bool:
+    """Move the finished folder ``tmp`` to ``directory`` atomically: True when this writer's
+    folder was published; False when ``same(directory)`` says an equal result is already
+    there (``tmp`` is then removed). A different folder in the way is renamed aside and
+    deleted first; concurrent writers never see a half-written or half-deleted folder."""
+    for _ in range(20):
+        try:
+            os.replace(tmp, directory)  # a folder onto a non-empty one fails: one winner
+            return True
+        except OSError:
+            if not directory.exists():
+                continue  # cleared by another writer between our tries
+        if same is not None and same(directory):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+        aside = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(directory, aside)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            time.sleep(0.05)
+            continue
+        shutil.rmtree(aside, ignore_errors=True)
+    raise OSError(f"could not publish {directory}: other writers kept replacing it")
 
 
 def stable_key(payload: dict[str, Any]) -> str:
@@ -139,10 +180,17 @@ class ArtifactStore:
             return f"schema {meta.get('schema_version')} != {SCHEMA_VERSION}"
         if meta.get("key") != key:
             return "inputs changed (key mismatch)"
-        for name, size in meta.get("files", {}).items():
+        files = meta.get("files")
+        if not isinstance(files, dict):
+            return "malformed meta"
+        for name, expected in files.items():
             path = directory / name
-            if not path.is_file() or path.stat().st_size != size:
-                return f"file {name} missing or truncated"
+            if not isinstance(expected, dict) or not path.is_file():
+                return f"file {name} missing"
+            if path.stat().st_size != expected.get("bytes"):
+                return f"file {name} truncated or extended"
+            if file_digest(path) != expected.get("sha256"):
+                return f"file {name} altered (checksum mismatch)"
         return None
 
     @staticmethod
@@ -154,8 +202,13 @@ class ArtifactStore:
 
     @staticmethod
     def commit(tmp: Path, directory: Path, key: str, rows: int, **extra: Any) -> dict[str, Any]:
-        """Write the meta into ``tmp`` and move it into place, replacing any stale artifact."""
-        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.suffix == ".parquet"}
+        """Write the meta into ``tmp`` and publish it, replacing a stale artifact; when another
+        writer published the same inputs first, theirs is kept (and its meta returned)."""
+        files = {
+            p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)}
+            for p in sorted(tmp.iterdir())
+            if p.suffix == ".parquet"
+        }
         meta = {
             "schema_version": SCHEMA_VERSION,
             "key": key,
@@ -165,9 +218,8 @@ class ArtifactStore:
             **extra,
         }
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2, default=str))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+        if not publish(tmp, directory, lambda d: ArtifactStore.check(d, key) is None):
+            return ArtifactStore.read_meta(directory) or meta
         return meta
 
     # --- embeddings -----------------------------------------------------------------------
@@ -242,7 +294,8 @@ class ArtifactStore:
         extra_files: dict[str, Path] | None = None,
     ) -> None:
         """predictions.parquet (+ ``extra_files`` copied in, e.g. the model state a later
-        stage starts from) then metrics.json (the completion marker), atomically."""
+        stage starts from) then metrics.json (the completion marker), published atomically:
+        when another writer published the same run (same ``key``) first, theirs is kept."""
         tmp = ArtifactStore.begin(directory)
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
@@ -256,16 +309,27 @@ class ArtifactStore:
             tmp / "predictions.parquet",
         )
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+        key = metrics.get("key")
+
+        def same(d: Path) -> bool:
+            done = ArtifactStore.read_run(d)
+            return key is not None and done is not None and done.get("key") == key
+
+        publish(tmp, directory, same)
 
     @staticmethod
-    def read_run(directory: Path) -> dict[str, Any] | None:
+    def read_run(directory: Path, rows: int | None = None) -> dict[str, Any] | None:
+        """A published run's metrics, or None when the folder holds no complete run: its
+        metrics.json is missing or not a JSON object, or its predictions.parquet is missing,
+        unreadable, or (``rows`` given) of another length."""
         try:
-            return json.loads((directory / "metrics.json").read_text())
-        except (OSError, ValueError):
+            result = json.loads((directory / "metrics.json").read_text())
+            n = pq.read_metadata(directory / "predictions.parquet").num_rows
+        except (OSError, ValueError, pa.ArrowException):
             return None
+        if not isinstance(result, dict) or (rows is not None and n != rows):
+            return None
+        return result
 
 
 def fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -58,11 +58,15 @@ def collect_records(store: ArtifactStore) -> list[dict[str, Any]]:
 
 
 def collect_runs(store: ArtifactStore) -> list[dict[str, Any]]:
-    """Every finished run: honest ones (runs/), then oracle ones (runs-oracle/, marked
-    ``oracle`` whatever their metrics.json says)."""
+    """Every published run: honest ones (runs/), then oracle ones (runs-oracle/, marked
+    ``oracle`` whatever their metrics.json says). Folders being written or replaced (their
+    names start with a dot) are never read."""
     runs = []
     for oracle in (False, True):
-        for path in sorted(store.runs_root(oracle).glob("**/metrics.json")):
+        root = store.runs_root(oracle)
+        for path in sorted(root.glob("**/metrics.json")):
+            if any(part.startswith(".") for part in path.relative_to(root).parts):
+                continue
             result = ArtifactStore.read_run(path.parent)
             if result is not None:
                 runs.append({**result, "oracle": oracle or bool(result.get("oracle"))})
@@ -105,6 +109,8 @@ def build_table(
         own = group["seconds"] if "seconds" in group else nan
         total = group["seconds_total"] if "seconds_total" in group else nan
         row["seconds"] = float(total.fillna(own).mean())
+        flags = group["degenerate"] if "degenerate" in group else pd.Series(False, group.index)
+        row["degenerate"] = int(flags.fillna(False).astype(bool).sum())  # seeds collapsed
         row["objective"] = group["objective"].iloc[0]
         row["n_eval"] = int(group["n_eval"].iloc[0])
         found = searched.get(_join_key(row))
@@ -133,6 +139,15 @@ def to_markdown(table: pd.DataFrame) -> str:
         markdown += f"\n## ORACLE (test labels chose these configs)\n\n{ORACLE_NOTE}\n\n"
         markdown += _markdown_table(table[oracle])
     return markdown
+
+
+def _method_cell(r: pd.Series) -> str:
+    """The method, marked ``(ORACLE)`` and ``DEGENERATE k/n`` (k of n seeds collapsed into one
+    cluster holding > 90% of the rows) where that applies."""
+    cell = f"{r['method']} (ORACLE)" if r.get("oracle") else str(r["method"])
+    if r.get("degenerate", 0):
+        cell += f" DEGENERATE {int(r['degenerate'])}/{int(r['seeds'])}"
+    return cell
 
 
 def _markdown_table(table: pd.DataFrame) -> str:
@@ -168,7 +183,7 @@ def _markdown_table(table: pd.DataFrame) -> str:
             r["setting"],
             r["benchmark"],
             r["backbone"],
-            f"{r['method']} (ORACLE)" if r.get("oracle") else r["method"],
+            _method_cell(r),
             str(r["seeds"]),
             fmt("acc"),
             fmt("nmi"),

@@ -19,7 +19,7 @@ from deepclust.config import from_dict, to_dict
 from deepclust.datasets import DatasetSpec, ImageSet, aligned_eval
 from deepclust.errors import UserError
 from deepclust.gcd import GcdSplit, default_old_classes, gcd_scores, make_split
-from deepclust.metrics import clustering_metrics
+from deepclust.metrics import clustering_metrics, is_degenerate
 from orchestrator.embed import EmbedOptions, ensure_embeddings
 from orchestrator.mine import ensure_neighbors
 from orchestrator.ray_env import RaySession

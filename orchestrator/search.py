@@ -140,11 +140,25 @@ def search_method(
     root = store.root / "tune"
     exp_dir = root / name
     summary = exp_dir / SEARCH_FILE
+    damaged = False
     if summary.is_file():
-        done = json.loads(summary.read_text())
-        if done.get("key") == key:
-            log.info("%s search: cached (%s)", method, exp_dir)
-            return SearchOutcome(**done["outcome"]), key
+        try:
+            done = json.loads(summary.read_text())
+            if done.get("key") == key:
+                log.info("%s search: cached (%s)", method, exp_dir)
+                return SearchOutcome(**done["outcome"]), key
+        except (ValueError, TypeError, AttributeError):
+            damaged = True  # truncated or edited: rebuilt from the finished trials
+    if exp_dir.exists() and not opts.resume:
+        what = (
+            f"the {method} search record {summary} is unreadable"
+            if damaged
+            else f"an interrupted {method} search is in {exp_dir}"
+        )
+        raise UserError(
+            f"{what}; rerun with --resume to continue it from its finished trials, or "
+            "delete that folder to start over"
+        )
     # trials checkpoint ~10 times each; Tune's snapshot-frequency warning would flood the log
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray.tune as tune
@@ -182,11 +196,6 @@ def search_method(
     trainable = tune.with_resources(tune.with_parameters(run_trial, job=trial_job), per_trial)
     t0 = time.perf_counter()
     if exp_dir.exists():
-        if not opts.resume:
-            raise UserError(
-                f"an interrupted {method} search is in {exp_dir}; rerun with --resume to "
-                "continue it (finished trials are kept), or delete that folder to start over"
-            )
         if not tune.Tuner.can_restore(str(exp_dir)):
             raise UserError(
                 f"{exp_dir} holds no restorable Tune state (killed before its first "

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -39,7 +40,12 @@ def test_check_detects_every_kind_of_bad_cache(tmp_path):
     d, _ = _write_embeddings(store)
     assert store.check(d, "other") == "inputs changed (key mismatch)"
     part = d / "part-0.parquet"
-    part.write_bytes(part.read_bytes()[:-10])  # truncated
+    raw = part.read_bytes()
+    flipped = bytearray(raw)
+    flipped[len(raw) // 2 : len(raw) // 2 + 8] = bytes(8)  # same size, other content
+    part.write_bytes(bytes(flipped))
+    assert store.check(d, "k1") == "file part-0.parquet altered (checksum mismatch)"
+    part.write_bytes(raw[:-10])  # truncated
     assert "truncated" in store.check(d, "k1")
     (d / "_meta.json").write_text("{not json")
     assert store.check(d, "k1") == "missing or unreadable meta"
@@ -73,8 +79,64 @@ def test_run_results_round_trip(tmp_path):
     store = ArtifactStore(tmp_path)
     d = store.run_dir("digits", "b", "kmeans", 0)
     store.write_run(d, np.array([1, 0, 1]), {"acc": 0.5})
-    assert store.read_run(d) == {"acc": 0.5}
+    assert store.read_run(d) == {"acc": 0.5} == store.read_run(d, rows=3)
     assert pq.read_table(d / "predictions.parquet").column("cluster").to_pylist() == [1, 0, 1]
+
+
+def test_an_incomplete_run_is_not_a_cached_run(tmp_path):
+    """A run folder counts only with a JSON-object metrics.json and every prediction row."""
+    store = ArtifactStore(tmp_path)
+    d = store.run_dir("digits", "b", "kmeans", 0)
+    store.write_run(d, np.array([1, 0, 1]), {"acc": 0.5})
+    assert store.read_run(d, rows=4) is None  # another eval split's length
+    (d / "metrics.json").write_text("[1, 2]")
+    assert store.read_run(d) is None
+    (d / "metrics.json").write_text('{"acc": 0.5')
+    assert store.read_run(d) is None
+    store.write_run(d, np.array([1, 0, 1]), {"acc": 0.5})
+    (d / "predictions.parquet").unlink()
+    assert store.read_run(d) is None
+
+
+def _writer(root: str, worker: int, rounds: int, queue) -> None:
+    """One process writing every run folder ``rounds`` times: half the folders get the same
+    result from every writer (seed runs of one config), the other half a writer's own."""
+    store = ArtifactStore(Path(root))
+    errors = 0
+    for r in range(rounds):
+        for seed in range(6):
+            d = store.run_dir("digits", "b", "kmeans-abc", seed)
+            key = f"same-{seed}" if seed % 2 else f"w{worker}-r{r}-{seed}"
+            try:
+                store.write_run(d, np.arange(50) % 3, {"key": key, "seed": seed, "acc": 0.5})
+            except OSError:
+                errors += 1
+    queue.put(errors)
+
+
+def test_concurrent_writers_never_fail_and_the_leaderboard_counts_each_run_once(tmp_path):
+    """Four processes writing the same six run folders 25 times each (600 writes): no write
+    fails, every folder ends complete, no temp folder is left, and the leaderboard reads
+    exactly six runs."""
+    import multiprocessing as mp
+
+    from orchestrator.leaderboard import collect_runs
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, 25, queue)) for w in range(4)]
+    for p in procs:
+        p.start()
+    errors = sum(queue.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert errors == 0
+    store = ArtifactStore(tmp_path)
+    runs = collect_runs(store)
+    assert sorted(r["seed"] for r in runs) == list(range(6))
+    for seed in range(6):
+        assert store.read_run(store.run_dir("digits", "b", "kmeans-abc", seed), rows=50)
+    assert not [p for p in tmp_path.rglob(".*") if p.is_dir()]
 
 
 def test_fixed_list_to_numpy_handles_plain_lists():

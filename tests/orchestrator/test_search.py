@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 
 from deepclust.artifacts import ArtifactStore
 from deepclust.datasets import resolve_dataset
+from deepclust.errors import UserError
 from orchestrator.leaderboard import SEARCH_FILE
 from orchestrator.pipeline import load_splits, run_benchmark
 from orchestrator.search import SearchOptions
@@ -92,7 +94,9 @@ def test_no_objective_reads_labels_without_oracle(ray_cluster, parquets, tmp_pat
 
 def test_the_search_seeds_run_is_the_selected_trials_fit(ray_cluster, parquets, tmp_path):
     """The final run of the search seed with the selected config is the trial's kept fit, not
-    a second training; trained again from scratch it gives the same predictions and score."""
+    a second training; trained again from scratch it gives the same predictions and score.
+    A truncated search record is a one-line error naming --resume, which rebuilds it from the
+    finished trials."""
     out = tmp_path / "out"
     opts = SearchOptions(budget=2, fidelity="smoke", asha=False)
     settings = sweep_settings(out, ("scan",))
@@ -106,7 +110,13 @@ def test_the_search_seeds_run_is_the_selected_trials_fit(ray_cluster, parquets, 
     kept = pd.read_parquet(run_dir / "predictions.parquet")
     shutil.rmtree(fits)
     shutil.rmtree(run_dir)
-    (again,) = run_benchmark(splits, settings, store, ray_cluster, search=opts)  # search cached
+    summary = Path(record["search_path"]) / SEARCH_FILE
+    summary.write_text(summary.read_text()[:40])  # a truncated record: rebuilt, no traceback
+    with pytest.raises(UserError, match="search record .* is unreadable; rerun with --resume"):
+        run_benchmark(splits, settings, store, ray_cluster, search=opts)
+    resume = replace(opts, resume=True)  # the finished trials give the same selection
+    (again,) = run_benchmark(splits, settings, store, ray_cluster, search=resume)
+    assert json.loads(summary.read_text())["outcome"]["config"] == record["outcome"]["config"]
     assert again["key"] == first["key"]
     pd.testing.assert_frame_equal(pd.read_parquet(run_dir / "predictions.parquet"), kept)
     assert again["diagnostics"]["scan_selection"] == pytest.approx(
