@@ -41,3 +41,16 @@ def clustering_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
         "nmi": float(normalized_mutual_info_score(y_true, y_pred)),
         "ari": float(adjusted_rand_score(y_true, y_pred)),
     }
+
+
+DEGENERATE_SHARE = 0.9  # a partition whose largest cluster holds more of the rows than this
+
+
+def is_degenerate(pred: np.ndarray) -> bool:
+    """Label-free: True when one cluster holds more than 90% of the rows (a collapsed
+    partition, e.g. every row in one cluster). Such a run is kept, marked in the leaderboard
+    and makes the sweep exit non-zero."""
+    pred = np.asarray(pred)
+    if not len(pred):
+        return True
+    return bool(np.bincount(pred).max() > DEGENERATE_SHARE * len(pred))

@@ -233,7 +233,8 @@ def run_method(
         run.seed,
         oracle=run.oracle,
     )
-    previous = store.read_run(run_dir)
+    # a complete run only: metrics.json an object, predictions.parquet there with every row
+    previous = store.read_run(run_dir, None if run.subset else len(eval_emb.labels))
     if (
         previous is not None
         and previous.get("key") == key
@@ -327,6 +328,8 @@ def run_method(
         "n_fit": len(fit_emb.labels),
         "n_eval": len(gcd[0].unlabelled_idx) if gcd else len(predictions),
         **metrics,
+        # label-free: one cluster holds > 90% of the rows (marked, and the sweep exits 1)
+        "degenerate": is_degenerate(predictions),
         **{k: v for k, v in nbr_meta.items() if k.startswith("nbr_precision@")},
         "seconds": round(time.perf_counter() - t0, 2),
         "seconds_total": round(time.perf_counter() - t0 + (parent or {}).get("seconds", 0), 2),

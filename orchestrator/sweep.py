@@ -10,8 +10,11 @@ Examples::
     python -m orchestrator.sweep --smoke-test             # 2 tiny trials per method, 1 seed
     python -m orchestrator.sweep --resume                 # continue a killed sweep
 
-User mistakes (unknown names, missing data, bad k, unreadable images) print one ``error:``
-line and exit with status 2; everything already computed stays cached under ``--output``.
+Exit status: 0 when every method ran; 1 when a method's search failed or a run came out
+degenerate (the other methods still run; the leaderboard marks the rows and one ``error:``
+line sums up); 2 for a user's mistake (unknown names, missing data, bad k, unreadable images:
+one ``error:`` line); 130 on Ctrl-C. Everything already computed stays cached under
+``--output``.
 """
 
 from __future__ import annotations
@@ -327,6 +330,7 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
 
         ray_session = ray_session_for(args)
         failed: list[str] = []
+        degenerate: list[str] = []
         try:
             search = search_options(args, ray_session, settings.seeds[0])
             if search is not None:
@@ -347,7 +351,14 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
                     splits.eval.split,
                     len(splits.eval),
                 )
-                run_benchmark(splits, settings, store, ray_session, search=search, failures=failed)
+                results = run_benchmark(
+                    splits, settings, store, ray_session, search=search, failures=failed
+                )
+                degenerate += [
+                    f"{r['method']} seed {r['seed']} on {splits.spec.name}"
+                    for r in results
+                    if r.get("degenerate")
+                ]
         finally:
             ray_session.close()
     from orchestrator.leaderboard import leaderboard_files, write_leaderboard
@@ -358,6 +369,10 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
         print("failed (every trial of the search failed; the rest of the sweep ran):")
         for line in failed:
             print(f"  {line}")
+    if chosen and degenerate:
+        print("degenerate (one cluster holds > 90% of the rows; marked DEGENERATE above):")
+        for line in degenerate:
+            print(f"  {line}")
     if skipped:
         print("skipped (no data):")
         for name, reason in skipped:
@@ -366,6 +381,13 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
     print(f"total {time.perf_counter() - t0:.1f}s")
     if not chosen:
         raise UserError("no benchmark has data; see the skipped list above, or pass --data-root")
+    if failed or degenerate:
+        print(
+            f"error: {len(failed)} method search(es) failed and {len(degenerate)} run(s) came "
+            "out degenerate (listed above); every other result is in the leaderboard",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -34,3 +34,12 @@ def test_contingency_shape_and_counts():
 def test_mismatched_shapes_raise():
     with pytest.raises(ValueError, match="shape mismatch"):
         hungarian_acc(np.zeros(3, int), np.zeros(4, int))
+
+
+def test_a_partition_is_degenerate_when_one_cluster_holds_over_90_percent():
+    from deepclust.metrics import is_degenerate
+
+    assert is_degenerate(np.zeros(10, np.int64))
+    assert is_degenerate(np.array([0] * 91 + [1] * 9))
+    assert not is_degenerate(np.array([0] * 90 + [1] * 10))
+    assert not is_degenerate(np.arange(10) % 3)

@@ -151,3 +151,49 @@ def test_methods_default_and_all(tmp_path):
     assert _settings(gcd, False).methods == DEFAULT_GCD_METHODS
     gcd_all = parser.parse_args(["--benchmark", "digits", "--setting", "gcd", "--methods", "all"])
     assert _settings(gcd_all, False).methods == tuple(METHODS.names())
+
+
+def test_a_failed_search_or_degenerate_run_makes_the_sweep_exit_1(tmp_path, monkeypatch, capsys):
+    """Every method still runs and lands in the leaderboard, then one summary line and exit
+    status 1 (with --budget 0 and a stubbed benchmark run: no Ray)."""
+    import numpy as np
+
+    import orchestrator.pipeline as pipeline
+    from deepclust.artifacts import ArtifactStore
+    from orchestrator.sweep import main
+
+    out = tmp_path / "out"
+    store = ArtifactStore(out)
+
+    def fake_run_benchmark(splits, settings, store_, ray_session, search=None, failures=None):
+        results = []
+        for seed, degenerate in ((0, False), (1, True)):
+            d = store.run_dir("digits", "b", "kmeans-abc", seed)
+            result = {
+                "setting": "clustering",
+                "benchmark": "digits",
+                "backbone": "b",
+                "method": "kmeans",
+                "config_hash": "abc",
+                "seed": seed,
+                "acc": 0.5,
+                "nmi": 0.4,
+                "ari": 0.3,
+                "objective": "inertia",
+                "n_eval": 4,
+                "seconds": 1.0,
+                "degenerate": degenerate,
+            }
+            store.write_run(d, np.zeros(4, np.int64), result)
+            results.append(result)
+        failures.append("scan_selflabel on digits: every trial of the search failed")
+        return results
+
+    monkeypatch.setattr(pipeline, "run_benchmark", fake_run_benchmark)
+    code = main(["--benchmark", "digits", "--budget", "0", "--output", str(out)])
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert code == 1 and len(errors) == 1, captured.err
+    assert "1 method search(es) failed and 1 run(s) came out degenerate" in errors[0]
+    assert "| kmeans DEGENERATE 1/2 |" in (out / "leaderboard.md").read_text()
+    assert "kmeans seed 1 on digits" in captured.out
