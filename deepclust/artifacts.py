@@ -194,6 +194,28 @@ class ArtifactStore:
         return None
 
     @staticmethod
+    def check_writable(root: Path) -> None:
+        """One-line UserError unless files can be created under ``root`` (created if needed):
+        a file in the way, a read-only filesystem, missing permissions, a full disk."""
+        from deepclust.errors import UserError
+
+        probe = root / f".write-test-{uuid.uuid4().hex[:8]}"
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"0" * 4096)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise UserError(
+                f"cannot write to --output {root}: {reason}; pick a writable folder with free "
+                "space (--output DIR)"
+            ) from None
+        finally:
+            try:
+                probe.unlink(missing_ok=True)
+            except OSError:
+                pass  # the folder is not one (the error above says so)
+
+    @staticmethod
     def begin(directory: Path) -> Path:
         """A fresh temp directory beside ``directory`` to build an artifact in."""
         tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -207,7 +229,7 @@ class ArtifactStore:
         files = {
             p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)}
             for p in sorted(tmp.iterdir())
-            if p.suffix == ".parquet"
+            if p.suffix in (".parquet", ".npz")
         }
         meta = {
             "schema_version": SCHEMA_VERSION,
@@ -296,26 +318,29 @@ class ArtifactStore:
         """predictions.parquet (+ ``extra_files`` copied in, e.g. the model state a later
         stage starts from) then metrics.json (the completion marker), published atomically:
         when another writer published the same run (same ``key``) first, theirs is kept."""
-        tmp = ArtifactStore.begin(directory)
-        for name, src in (extra_files or {}).items():
-            shutil.copyfile(src, tmp / name)
-        pq.write_table(
-            pa.table(
-                {
-                    "idx": np.arange(len(predictions), dtype=np.int64),
-                    "cluster": predictions.astype(np.int64),
-                }
-            ),
-            tmp / "predictions.parquet",
-        )
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         key = metrics.get("key")
 
         def same(d: Path) -> bool:
             done = ArtifactStore.read_run(d)
             return key is not None and done is not None and done.get("key") == key
 
-        publish(tmp, directory, same)
+        tmp = ArtifactStore.begin(directory)
+        try:
+            for name, src in (extra_files or {}).items():
+                shutil.copyfile(src, tmp / name)
+            pq.write_table(
+                pa.table(
+                    {
+                        "idx": np.arange(len(predictions), dtype=np.int64),
+                        "cluster": predictions.astype(np.int64),
+                    }
+                ),
+                tmp / "predictions.parquet",
+            )
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+            publish(tmp, directory, same)
+        finally:  # a full disk or a failed copy leaves no temp folder behind
+            shutil.rmtree(tmp, ignore_errors=True)
 
     @staticmethod
     def read_run(directory: Path, rows: int | None = None) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ sweep resumes where it stopped and a finished one re-runs in seconds.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -427,17 +428,20 @@ def ensure_gcd_split(
             return GcdSplit.from_arrays(dict(f)), path, key
     split = make_split(fit_emb.labels, old, settings.gcd_labelled_frac, settings.gcd_val_frac)
     tmp = ArtifactStore.begin(directory)
-    np.savez(tmp / "split.npz", **split.arrays())
-    ArtifactStore.commit(
-        tmp,
-        directory,
-        key,
-        len(fit_emb.labels),
-        old_classes=list(old),
-        labelled=len(split.labelled_idx),
-        unlabelled=len(split.unlabelled_idx),
-        val=len(split.val_idx),
-    )
+    try:
+        np.savez(tmp / "split.npz", **split.arrays())
+        ArtifactStore.commit(
+            tmp,
+            directory,
+            key,
+            len(fit_emb.labels),
+            old_classes=list(old),
+            labelled=len(split.labelled_idx),
+            unlabelled=len(split.unlabelled_idx),
+            val=len(split.val_idx),
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     log.info(
         "GCD split of %s: Old classes %s, %d labelled, %d held out, %d unlabelled",
         splits.spec.name,

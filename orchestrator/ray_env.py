@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -281,6 +282,53 @@ def clear_request() -> None:
         log.debug("could not withdraw the resource request: %s", exc)
 
 
+CONNECT_TIMEOUT_S = 15.0  # to open a TCP connection to a given cluster address
+
+
+def check_reachable(address: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """A one-line UserError unless a Ray cluster answers at ``address`` within ``timeout_s``
+    (``ray.init`` itself waits for minutes on an address nobody answers). A ``host:port``
+    (the head's GCS) gets one GCS call, which a Ray GCS answers even when it then asks for
+    a token: a TCP or HTTP/2 handshake alone is also answered by proxies. A
+    ``ray://host:port`` (Ray Client) gets a TCP connection. ``None``, ``local`` and ``auto``
+    are Ray's own lookups and are not probed."""
+    if not address or address in ("local", "auto"):
+        return
+    client = address.startswith("ray://")
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise UserError(f"--ray-address must be HOST:PORT or ray://HOST:PORT, got '{address}'")
+    host = host or "127.0.0.1"
+    fix = (
+        "check the address, that the head node runs (`ray status` there) and that its port "
+        "is open, or drop --ray-address / RAY_ADDRESS to start Ray on this machine"
+    )
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise UserError(
+            f"cannot reach the Ray cluster at {address} ({reason} within {timeout_s:g} s); {fix}"
+        ) from None
+    if client:
+        return
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout_s)
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.UNAUTHENTICATED:  # a GCS that wants the token: fine
+            raise UserError(
+                f"no Ray cluster answers at {address} ({exc.code().name.lower()}: "
+                f"{(exc.details() or '').splitlines()[0][:80]}); {fix}"
+            ) from None
+    finally:
+        channel.close()
+
+
 def init_ray(
     address: str | None = None,
     num_cpus: int | None = None,
@@ -296,7 +344,8 @@ def init_ray(
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
-        kwargs = {"num_cpus": num_cpus} if address is None and num_cpus else {}
+        check_reachable(address)
+        kwargs = {"num_cpus": num_cpus} if address in (None, "local") and num_cpus else {}
         context = ray.init(
             address=address,
             logging_level=logging.WARNING,

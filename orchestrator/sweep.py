@@ -20,6 +20,7 @@ one ``error:`` line); 130 on Ctrl-C. Everything already computed stays cached un
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import re
@@ -321,6 +322,7 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
     _check_search_flags(args)
     settings = _settings(args, explicit_root)
     t0 = time.perf_counter()
+    ArtifactStore.check_writable(settings.output)  # before any data is read or Ray starts
     chosen, skipped = _select(args.benchmark, settings)
     for name, reason in skipped:
         log.info("skipped %s: %s", name, reason)
@@ -391,6 +393,8 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
     return 0
 
 
+# a full disk, a quota, a read-only filesystem, permissions: the environment, not a bug
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 _REMOTE_USER_ERROR = re.compile(r"deepclust\.errors\.\w+: (.+)")
 
 
@@ -429,6 +433,16 @@ def run_cli(parser: argparse.ArgumentParser, run_fn, argv: list[str] | None) -> 
             file=sys.stderr,
         )
         return 130
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRNOS:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(
+            f"error: {exc.strerror}{where}; free space or fix the folder's permissions, then "
+            f"rerun the same command (finished stages under {args.output} are kept)",
+            file=sys.stderr,
+        )
+        return 2
     except Exception as exc:
         message = _user_error_in(exc)
         if message is None:

@@ -118,6 +118,7 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
         raise UserError(f"--workers must be >= 1 (>= 0 without --finetune), got {args.workers}")
     if args.workers > 1 and not method_cls.trainable:
         raise UserError(f"method '{args.method}' is not trained; drop --workers")
+    ArtifactStore.check_writable(settings.output)
     (splits,), _ = _select(args.benchmark, settings)
     if args.subset:
         fit = splits.fit.subset(args.subset)

@@ -142,3 +142,33 @@ def test_concurrent_writers_never_fail_and_the_leaderboard_counts_each_run_once(
 def test_fixed_list_to_numpy_handles_plain_lists():
     col = pa.chunked_array([pa.array([[1.0, 2.0], [3.0, 4.0]])])
     np.testing.assert_array_equal(fixed_list_to_numpy(col), [[1, 2], [3, 4]])
+
+
+def test_a_full_disk_leaves_no_temp_folder(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    import deepclust.artifacts as artifacts
+
+    def full(table, where, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(where))
+
+    monkeypatch.setattr(artifacts.pq, "write_table", full)
+    store = ArtifactStore(tmp_path)
+    d = store.run_dir("digits", "b", "kmeans", 0)
+    with pytest.raises(OSError, match="No space left"):
+        store.write_run(d, np.array([1, 0]), {"acc": 0.5})
+    assert not d.exists() and not list(d.parent.iterdir())
+
+
+def test_an_unwritable_output_is_a_one_line_error(tmp_path):
+    import pytest
+
+    from deepclust.errors import UserError
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="cannot write to --output .*file/out: Not a directory"):
+        ArtifactStore.check_writable(tmp_path / "file" / "out")
+    ArtifactStore.check_writable(tmp_path / "new")  # created, probe removed
+    assert list((tmp_path / "new").iterdir()) == []

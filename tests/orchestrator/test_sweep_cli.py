@@ -197,3 +197,56 @@ def test_a_failed_search_or_degenerate_run_makes_the_sweep_exit_1(tmp_path, monk
     assert "1 method search(es) failed and 1 run(s) came out degenerate" in errors[0]
     assert "| kmeans DEGENERATE 1/2 |" in (out / "leaderboard.md").read_text()
     assert "kmeans seed 1 on digits" in captured.out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (("--output", "{tmp}/file"), "cannot write to --output {tmp}/file: File exists"),
+        (
+            ("--ray-address", "127.0.0.1:{port}", "--methods", "kmeans", "--budget", "0"),
+            "cannot reach the Ray cluster at 127.0.0.1:{port} (Connection refused within",
+        ),
+    ],
+)
+def test_unwritable_output_and_unreachable_cluster_are_one_line_errors(
+    args, fragment, tmp_path, capsys
+):
+    """Before anything is computed; an address nobody answers fails within the connect
+    timeout instead of ray.init's minutes."""
+    from orchestrator.sweep import main
+
+    (tmp_path / "file").write_text("x")
+    port = _free_port()
+    fill = {"tmp": tmp_path, "port": port}
+    argv = ["--benchmark", "digits", "--output", str(tmp_path / "out")]
+    argv += [a.format(**fill) for a in args]
+    t0 = time.perf_counter()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment.format(**fill) in err[0], err
+    assert time.perf_counter() - t0 < 120
+
+
+def test_a_full_disk_mid_sweep_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import orchestrator.pipeline as pipeline
+    from orchestrator.sweep import main
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "x"))
+
+    monkeypatch.setattr(pipeline, "run_benchmark", full)
+    code = main(["--benchmark", "digits", "--budget", "0", "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: No space left on device writing") and "rerun" in err[0]
