@@ -271,6 +271,11 @@ def search_method(
     # again every trial that state does not record as finished: a kill up to 10 s after a
     # trial ended repeated it. Each save is tens of kB here, so save at most every second.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # Ctrl-C must stop the sweep, not the search alone: Tune's own SIGINT handler ends fit()
+    # normally with the trials finished so far, and the sweep would record that partial
+    # search as done. Without it the KeyboardInterrupt reaches the CLI (exit 130, no
+    # search.json), and --resume continues from the experiment state saved every second.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     grid = tuner.fit()
     close_abandoned(journal, name)
     outcome = _best(grid, method, base, metric, mode, opts, exp_dir, time.perf_counter() - t0)

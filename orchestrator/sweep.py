@@ -428,8 +428,8 @@ def run_cli(parser: argparse.ArgumentParser, run_fn, argv: list[str] | None) -> 
         return run_fn(args, explicit_root)
     except KeyboardInterrupt:
         print(
-            f"interrupted: finished stages are cached under {args.output}; rerun the same "
-            "command to resume",
+            f"interrupted: finished stages and trials are kept under {args.output}; rerun the "
+            "same command with --resume to continue",
             file=sys.stderr,
         )
         return 130

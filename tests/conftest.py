@@ -16,6 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Every Ray a test starts (in this process or a CLI subprocess, which inherits this) is its
+# own: ray.init would otherwise join any Ray found on the machine (another test's cluster, a
+# sweep someone runs beside the suite). Tests that join a cluster name its address.
+os.environ["RAY_ADDRESS"] = "local"
 
 
 def make_images(n: int, seed: int = 0, size: int = 24) -> tuple[list[bytes], np.ndarray]:
@@ -92,10 +96,16 @@ def ray_cluster():
     pytest.importorskip("ray")
     from orchestrator.ray_env import RaySession
 
-    session = RaySession(num_cpus=2)
+    # "local": a Ray of its own, never one found on the machine (another test's, a sweep's)
+    session = RaySession(address="local", num_cpus=2)
     session.resources()
     yield session
     session.close()
+
+
+# A Ray test fails with its reason after this long instead of hanging the suite (a leaked
+# placement group or a lost node would otherwise block it for good); the slowest takes ~3 min.
+RAY_TEST_TIMEOUT_S = 900
 
 
 # Tests that start Ray (marked `ray`: a local cluster, or a CLI subprocess that starts one) run
@@ -107,5 +117,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("ray") or "ray_cluster" in item.fixturenames:
             item.add_marker(pytest.mark.xdist_group("ray"))
+            if not item.get_closest_marker("timeout"):
+                item.add_marker(pytest.mark.timeout(RAY_TEST_TIMEOUT_S))
         elif item.path.name == "test_learning.py":
             item.add_marker(pytest.mark.xdist_group("digits"))

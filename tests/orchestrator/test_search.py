@@ -190,7 +190,11 @@ def _finished_trials(out: Path) -> dict[Path, bytes]:
     return done
 
 
-def test_killed_sweep_resumes_without_rerunning_finished_trials(parquets, tmp_path):
+def test_ctrl_c_mid_search_exits_130_and_resume_runs_only_the_rest(parquets, tmp_path):
+    """A real SIGINT to the sweep's process group once a trial has finished: exit 130 with one
+    line naming --resume, no search recorded as finished; the plain rerun asks for --resume;
+    --resume runs the remaining trials only, and the leaderboard rebuilds from the run
+    folders."""
     out = tmp_path / "out"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     log = tmp_path / "first.log"
@@ -210,17 +214,23 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(parquets, tmp_pa
                 pytest.fail(f"the sweep ended before a trial finished:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
         # what had finished by now, given the driver's 1 s experiment-state period (search.py)
-        # to record it; a trial that ends in the last second before a kill may run again
+        # to record it; a trial that ends in the last second before the interrupt may run again
         finished = _finished_trials(out)
         time.sleep(3)
+        os.killpg(first.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole group
+        code = first.wait(timeout=120)
     finally:
         try:
-            os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started
+            os.killpg(first.pid, signal.SIGKILL)  # whatever Ray left behind
         except ProcessLookupError:
             pass
         first.wait()
+    text = log.read_text()
+    assert code == 130, text[-3000:]
+    assert "interrupted: " in text and "with --resume to continue" in text
+    assert "Traceback" not in text, text[-3000:]
     assert finished, "no trial finished within the time limit"
-    assert not list(out.glob(f"tune/*/{SEARCH_FILE}"))  # killed mid-search
+    assert not list(out.glob(f"tune/*/{SEARCH_FILE}"))  # interrupted mid-search
     again = subprocess.run(
         _sweep_cmd(parquets[0], out), cwd=REPO, capture_output=True, text=True, env=env
     )
