@@ -427,9 +427,10 @@ def run_cli(parser: argparse.ArgumentParser, run_fn, argv: list[str] | None) -> 
     try:
         return run_fn(args, explicit_root)
     except KeyboardInterrupt:
+        again = "with --resume " if hasattr(args, "resume") else ""  # the train CLI resumes
         print(
             f"interrupted: finished stages and trials are kept under {args.output}; rerun the "
-            "same command with --resume to continue",
+            f"same command {again}to continue",
             file=sys.stderr,
         )
         return 130

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +118,34 @@ def trainer(
     )
 
 
+def fit_off_main_thread(trainer: rtt.TorchTrainer) -> Any:
+    """``trainer.fit()`` in a helper thread while the main thread waits for it.
+
+    Called from the main thread, Train installs its own SIGINT handler, which aborts the run
+    and exits the process with status 1 and no word; off the main thread it installs none (as
+    in a Tune trial), so Ctrl-C reaches the CLI as a KeyboardInterrupt (exit 130, one line
+    naming --resume) and the run's checkpoints so far stay for the rerun to resume from."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)  # a KeyboardInterrupt lands here
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def train(
     job: dict[str, Any], num_workers: int, use_gpu: bool, storage: Path, name: str
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Run ``job`` on ``num_workers`` DDP workers; returns (eval predictions, diagnostics)."""
-    trainer(job, num_workers, use_gpu, storage, name).fit()
+    fit_off_main_thread(trainer(job, num_workers, use_gpu, storage, name))
     out = Path(job["work_dir"])
     return np.load(out / "predictions.npy"), json.loads((out / "diagnostics.json").read_text())
