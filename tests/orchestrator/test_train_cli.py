@@ -95,11 +95,11 @@ def test_bad_stage_or_mode_is_a_one_line_error(tiny_parquet, tmp_path, method, a
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
-def test_ddp_finetune_resumes_after_the_process_is_killed(tiny_parquet, tmp_path, sig):
-    """Once a checkpoint is registered, Ctrl-C (SIGINT to the process group: exit 130 and one
-    line saying the same command continues) or SIGKILL; the rerun resumes from the
-    checkpoint."""
+def test_ddp_finetune_resumes_after_ctrl_c(tiny_parquet, tmp_path):
+    """Once a checkpoint is registered, Ctrl-C (SIGINT to the process group): exit 130 and one
+    line saying the same command continues; the rerun resumes from the checkpoint. (A
+    SIGKILL leaves the same state behind: the checkpoints on disk, nothing else.)"""
+    sig = signal.SIGINT
     out = tmp_path / "out"
     cmd = train_cmd(
         tiny_parquet,
@@ -145,10 +145,9 @@ def test_ddp_finetune_resumes_after_the_process_is_killed(tiny_parquet, tmp_path
         with contextlib.suppress(ProcessLookupError):  # already gone when the run failed
             os.killpg(first.pid, signal.SIGKILL)  # whatever is left
         first.wait()
-    if sig == signal.SIGINT:
-        text = log.read_text()
-        assert code == 130, text[-3000:]
-        assert "interrupted: " in text and "rerun the same command to continue" in text
+    text = log.read_text()
+    assert code == 130, text[-3000:]
+    assert "interrupted: " in text and "rerun the same command to continue" in text
     assert not list(out.glob("runs/**/metrics.json"))
     second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=_env())
     assert second.returncode == 0, second.stderr[-3000:]
