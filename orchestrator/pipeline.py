@@ -510,7 +510,12 @@ def run_benchmark(
                 if failures is not None:
                     failures.append(f"{method} on {splits.spec.name}: {exc}")
         return results
-    runs = runs or [MethodRun(m, seed) for m in settings.methods for seed in settings.seeds]
+    # as a search's final runs: heads on cached embeddings train in one process each, as Ray
+    # tasks side by side (a 1-worker Ray Train run per seed would add its start-up and run
+    # the seeds one after another); a finetune config still goes through Ray Train
+    runs = runs or [
+        MethodRun(m, seed, workers=0) for m in settings.methods for seed in settings.seeds
+    ]
     return _run_all(runs, args, gcd, ray_session, settings.train_on_gpu)
 
 

@@ -24,7 +24,9 @@ import errno
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -413,6 +415,22 @@ def _user_error_in(exc: BaseException) -> str | None:
     return None
 
 
+def _watch_sigint() -> threading.Event:
+    """An event set by Ctrl-C, which still raises KeyboardInterrupt here as usual. Ctrl-C in a
+    terminal reaches the Ray processes this one started too, so a task or actor may fail
+    with it before the KeyboardInterrupt surfaces: that error is then the interrupt."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        return event
+
+    def handler(signum, frame):
+        event.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    return event
+
+
 def run_cli(parser: argparse.ArgumentParser, run_fn, argv: list[str] | None) -> int:
     """Parse, set up logging, run; user errors become one line + exit 2, Ctrl-C exit 130."""
     args = parser.parse_args(argv)
@@ -424,6 +442,7 @@ def run_cli(parser: argparse.ArgumentParser, run_fn, argv: list[str] | None) -> 
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader narrates AVX probing
     argv_list = sys.argv[1:] if argv is None else argv
     explicit_root = any(a == "--data-root" or a.startswith("--data-root=") for a in argv_list)
+    interrupted = _watch_sigint()
     try:
         return run_fn(args, explicit_root)
     except KeyboardInterrupt:
@@ -445,6 +464,13 @@ def run_cli(parser: argparse.ArgumentParser, run_fn, argv: list[str] | None) -> 
         )
         return 2
     except Exception as exc:
+        if interrupted.is_set():  # Ctrl-C reached a Ray worker first: its task failed with it
+            print(
+                f"interrupted: finished stages and trials are kept under {args.output}; rerun "
+                "the same command to continue",
+                file=sys.stderr,
+            )
+            return 130
         message = _user_error_in(exc)
         if message is None:
             raise

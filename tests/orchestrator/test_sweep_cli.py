@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -73,7 +74,42 @@ def test_named_benchmark_without_data_names_the_path(tmp_path):
 
 
 @pytest.mark.ray
+def _interrupt_while_embedding(args, tmp_path):
+    """Ctrl-C (SIGINT to the process group) once Ray Data runs the embedding: exit 130, one
+    line naming the rerun, no traceback, nothing half-written left as an artifact."""
+    import signal
+
+    log = tmp_path / "interrupted.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.sweep", *args],
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+            start_new_session=True,
+        )
+    try:
+        deadline = time.time() + 300
+        while b"Starting execution of Dataset" not in log.read_bytes():
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=120)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    text = log.read_text()
+    assert code == 130 and "interrupted: " in text and "Traceback" not in text, text[-3000:]
+    out = Path(args[args.index("--output") + 1])
+    assert not list(out.glob("artifacts/embeddings/**/_meta.json"))  # nothing published
+
+
 def test_end_to_end_then_cached_rerun(tiny_parquet, tmp_path):
+    """Interrupted while embedding, then run to the end, then run again from the caches."""
     args = [
         "--benchmark",
         f"parquet:{tiny_parquet}",
@@ -84,6 +120,7 @@ def test_end_to_end_then_cached_rerun(tiny_parquet, tmp_path):
         "--methods",
         "kmeans",  # UNIC through the CLI is covered by test_train_cli.py
     ]
+    _interrupt_while_embedding(args, tmp_path)
     first, t_first = sweep(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "| kmeans | 2 |" in first.stdout and "leaderboard:" in first.stdout
