@@ -61,6 +61,9 @@ def _start(workers: int) -> Cluster:
     """``workers`` 1-CPU, 1-GPU nodes beside a 1-CPU head; with 0 workers one head holding
     the same totals (3 CPUs, 2 GPUs), the single-node reference."""
     shutdown_ray()  # the session's local Ray (tests/conftest.py), if one runs
+    # the nodes' processes must not inherit the suite's RAY_ADDRESS=local (tests/conftest.py):
+    # they find their own cluster by its address; restored when the test ends (see _stop)
+    os.environ.pop("RAY_ADDRESS", None)
     head = {"num_cpus": 1 if workers else 3, "num_gpus": 0 if workers else 2}
     cluster = Cluster(
         initialize_head=True,
@@ -75,6 +78,11 @@ def _start(workers: int) -> Cluster:
         cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=STORE_MB)
     cluster.wait_for_nodes()
     return cluster
+
+
+def _stop(cluster: Cluster) -> None:
+    cluster.shutdown()
+    os.environ["RAY_ADDRESS"] = "local"  # the suite's isolation again (tests/conftest.py)
 
 
 def _settings(out: Path):
@@ -138,7 +146,7 @@ def single(parquet, tmp_path_factory):
         return _sweep(cluster, parquet, tmp_path_factory.mktemp("single"))
     finally:
         shutdown_ray()
-        cluster.shutdown()
+        _stop(cluster)
         mp.undo()
 
 
@@ -153,7 +161,7 @@ def multi(single, parquet, tmp_path_factory):
         yield cluster, out, _sweep(cluster, parquet, out)
     finally:
         shutdown_ray()
-        cluster.shutdown()
+        _stop(cluster)
         mp.undo()
 
 
