@@ -92,6 +92,16 @@ def embed_dev_set(data_root: Path, n: int, batch: int) -> dict[str, np.ndarray]:
     return out
 
 
+def add_dev_set_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data-root, --cache and --n: where the development set comes from and is cached
+    (shared by the benches that read it)."""
+    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument(
+        "--cache", type=Path, default=Path("/tmp/deepclust_dev_cifar10_gcd_labelled.npz")
+    )
+    parser.add_argument("--n", type=int, default=5000)
+
+
 def load_dev_set(cache: Path, data_root: Path, n: int) -> dict[str, np.ndarray]:
     if cache.is_file():
         data = dict(np.load(cache))
@@ -128,11 +138,7 @@ def row(label: str, accs: list[float], secs: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument(
-        "--cache", type=Path, default=Path("/tmp/deepclust_dev_cifar10_gcd_labelled.npz")
-    )
-    parser.add_argument("--n", type=int, default=5000)
+    add_dev_set_arguments(parser)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--only", default="iic,spice,unic")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))

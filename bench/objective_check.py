@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:  # run this checkout's packages, not an installed 
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from dev_defaults import K, load_dev_set  # noqa: E402
+from dev_defaults import K, add_dev_set_arguments, load_dev_set  # noqa: E402
 
 
 def with_cliff(pred: np.ndarray, score: float, k: int) -> float:
@@ -54,11 +54,7 @@ def kendall(a: list[float], b: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument(
-        "--cache", type=Path, default=Path("/tmp/deepclust_dev_cifar10_gcd_labelled.npz")
-    )
-    parser.add_argument("--n", type=int, default=5000)
+    add_dev_set_arguments(parser)
     parser.add_argument("--configs", type=int, default=5)
     parser.add_argument("--only", default="temi,iic,spice")
     args = parser.parse_args()
