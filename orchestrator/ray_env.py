@@ -349,7 +349,10 @@ def init_ray(
         context = ray.init(
             address=address,
             logging_level=logging.WARNING,
-            runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}},
+            runtime_env={
+                "env_vars": {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"},
+                "worker_process_setup_hook": "orchestrator.ray_env.pin_cluster_address",
+            },
             **kwargs,
         )
         url = getattr(context, "dashboard_url", None)
@@ -373,6 +376,21 @@ def init_ray(
         )
     log.info("cluster: %s", plan.describe())
     return plan
+
+
+def pin_cluster_address() -> None:
+    """Runs in every worker process of the sweep's job (``worker_process_setup_hook``): points
+    the state API inside Ray's own actors at the cluster the worker belongs to.
+
+    Ray Train's placement-group cleaner (the actor that frees a run's placement group when its
+    controller dies, e.g. when ASHA stops a Ray-Train-in-Tune trial) asks the state API for the
+    controller with no address. With two Ray instances on one host that lookup raises "Found
+    multiple active Ray instances", the cleaner's thread dies, the placement group stays
+    reserved and later work that needs the whole cluster waits for it forever.
+    """
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
 def _token_hint() -> str:

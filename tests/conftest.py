@@ -105,7 +105,11 @@ def ray_cluster():
 
 # A Ray test fails with its reason after this long instead of hanging the suite (a leaked
 # placement group or a lost node would otherwise block it for good); the slowest takes ~3 min.
-RAY_TEST_TIMEOUT_S = 900
+# The "thread" method: a test blocked inside ray.get never runs Python's SIGALRM handler (the
+# "signal" method), so a watchdog thread dumps every thread's stack and ends the process;
+# pytest-xdist reports the test as failed and starts a fresh worker for the rest.
+RAY_TEST_TIMEOUT_S = float(os.environ.get("UNIC_RAY_TEST_TIMEOUT_S", "900"))
+RAY_TEST_TIMEOUT_METHOD = "thread"
 
 
 # Tests that start Ray (marked `ray`: a local cluster, or a CLI subprocess that starts one) run
@@ -118,6 +122,8 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("ray") or "ray_cluster" in item.fixturenames:
             item.add_marker(pytest.mark.xdist_group("ray"))
             if not item.get_closest_marker("timeout"):
-                item.add_marker(pytest.mark.timeout(RAY_TEST_TIMEOUT_S))
+                item.add_marker(
+                    pytest.mark.timeout(RAY_TEST_TIMEOUT_S, method=RAY_TEST_TIMEOUT_METHOD)
+                )
         elif item.path.name == "test_learning.py":
             item.add_marker(pytest.mark.xdist_group("digits"))

@@ -21,15 +21,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -38,16 +31,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-import yaml
 from PIL import Image
 from sklearn.datasets import load_digits
 
 from orchestrator.ray_env import shutdown_ray
-from tests.conftest import REPO
-from tests.orchestrator.placements import placements
 
 ray = pytest.importorskip("ray")
 from ray.util import state  # noqa: E402
+
+from tests.orchestrator.heads import STORE_BYTES, HeadNode  # noqa: E402
+from tests.orchestrator.placements import placements, state_api_at  # noqa: E402
 
 pytestmark = [
     pytest.mark.autoscaling,
@@ -59,14 +52,6 @@ pytestmark = [
 
 N_IMAGES = 120
 ROWS_PER_GROUP = 30  # 4 Parquet row groups: the embedding work spreads over both actors
-STORE_BYTES = 150 * 2**20
-JOB_TIMEOUT_S = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _autoscaling_config(gcs_port: int) -> dict:
@@ -108,137 +93,6 @@ def _autoscaling_config(gcs_port: int) -> dict:
         "head_start_ray_commands": empty,
         "worker_start_ray_commands": empty,
     }
-
-
-class HeadNode:
-    """``ray start --head --block`` in a process session of its own, on private ports."""
-
-    def __init__(self, root: Path, autoscaling: bool, cpus: int, gpus: int) -> None:
-        self.root = root
-        # its own temp dir, short: Ray's socket paths under it must stay within 107 bytes
-        self.temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-        self.gcs_port, self.dashboard_port = _free_port(), _free_port()
-        self.env = {
-            **os.environ,
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "RAY_AUTH_MODE": "disabled",  # a token file elsewhere on the host must not apply
-            "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-        }
-        self.env.pop("RAY_ADDRESS", None)
-        cmd = [
-            sys.executable,
-            "-m",
-            "ray.scripts.scripts",
-            "start",
-            "--head",
-            "--block",
-            f"--port={self.gcs_port}",
-            f"--dashboard-port={self.dashboard_port}",
-            "--dashboard-host=127.0.0.1",
-            f"--ray-client-server-port={_free_port()}",
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--temp-dir={self.temp_dir}",
-            f"--num-cpus={cpus}",
-            f"--num-gpus={gpus}",
-            f"--object-store-memory={STORE_BYTES}",
-            "--disable-usage-stats",
-        ]
-        if autoscaling:
-            config = root / "autoscaling.yaml"  # the path the autoscaler process is given
-            config.write_text(yaml.safe_dump(_autoscaling_config(self.gcs_port)))
-            cmd.append(f"--autoscaling-config={config}")
-            self.env["RAY_FAKE_CLUSTER"] = "1"
-        self.log = open(root / "head.log", "w")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            self._wait_ready()
-        except RuntimeError:
-            self.stop()
-            raise
-
-    @property
-    def dashboard(self) -> str:
-        """Also the state API's address: given the GCS address instead, the state API leaves a
-        GCS client in this process that ends the process a minute after the cluster stops."""
-        return f"http://127.0.0.1:{self.dashboard_port}"
-
-    def _wait_ready(self, timeout: float = 120.0) -> None:
-        """Until the dashboard answers and the state API lists the head as alive."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start exited: {(self.root / 'head.log').read_text()}")
-            try:
-                with urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2):
-                    pass
-                if self.alive_nodes():
-                    return
-            except OSError:
-                pass
-            time.sleep(1)
-        raise RuntimeError(f"the head did not come up within {timeout:.0f} s")
-
-    def alive_nodes(self) -> list:
-        return [
-            n for n in state.list_nodes(address=self.dashboard, detail=True) if n.state == "ALIVE"
-        ]
-
-    def submit(self, command: str, job_id: str) -> str:
-        """``ray job submit`` from the checkout; returns the job's streamed output."""
-        env = {k: v for k, v in self.env.items() if k != "RAY_FAKE_CLUSTER"}
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ray.scripts.scripts",
-                "job",
-                "submit",
-                f"--address={self.dashboard}",
-                f"--submission-id={job_id}",
-                "--",
-                "bash",
-                "-c",
-                f"cd {REPO} && {command}",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=JOB_TIMEOUT_S,
-        )
-        (self.root / f"{job_id}.log").write_text(out.stdout + out.stderr)  # kept for a look
-        return out.stdout + out.stderr
-
-    def job_status(self, job_id: str) -> str:
-        with urllib.request.urlopen(f"{self.dashboard}/api/jobs/{job_id}", timeout=10) as r:
-            return json.loads(r.read())["status"]
-
-    def stop(self) -> None:
-        """Stop every process of this head's session (the fake worker nodes included)."""
-        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _session_alive(self.proc.pid):
-                time.sleep(0.2)
-        self.proc.wait(timeout=10)
-        self.log.close()
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-def _session_alive(sid: int) -> bool:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":  # field 6 (session), not a zombie
-                return True
-    return False
 
 
 def _sweep_command(parquet: Path, out: Path) -> str:
@@ -296,7 +150,7 @@ def reference(parquet, tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The same command on one static node holding the same GPUs (no autoscaler)."""
     shutdown_ray()  # the session's local Ray (tests/conftest.py): one Ray cluster at a time
     root = tmp_path_factory.mktemp("single")
-    head = HeadNode(root, autoscaling=False, cpus=2, gpus=2)
+    head = HeadNode(root, cpus=2, gpus=2)
     try:
         log = head.submit(_sweep_command(parquet, root / "out"), "single")
         assert head.job_status("single") == "SUCCEEDED", log[-3000:]
@@ -309,7 +163,7 @@ def test_the_sweep_grows_an_autoscaling_cluster_and_runs_on_its_workers(
     parquet, reference, tmp_path_factory
 ):
     root = tmp_path_factory.mktemp("autoscaled")
-    head = HeadNode(root, autoscaling=True, cpus=0, gpus=0)
+    head = HeadNode(root, cpus=0, gpus=0, autoscaling=_autoscaling_config)
     try:
         alive = head.alive_nodes()
         assert len(alive) == 1 and not alive[0].resources_total.get("CPU")  # no worker yet
@@ -321,7 +175,8 @@ def test_the_sweep_grows_an_autoscaling_cluster_and_runs_on_its_workers(
         assert "cluster: 2 CPUs, 2 GPUs" in log, log[-3000:]
         assert "scan search: 2 trials (2 at a time)" in log, log[-3000:]
 
-        nodes = state.list_nodes(address=head.dashboard, detail=True)
+        with state_api_at(head.dashboard):
+            nodes = state.list_nodes(address=head.dashboard, detail=True)
         workers = {n.node_id for n in nodes if not n.is_head_node}
         assert len(workers) == 2, nodes  # the autoscaler launched both workers
         assert all(n.resources_total.get("GPU") == 1 for n in nodes if n.node_id in workers)

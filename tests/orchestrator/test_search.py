@@ -24,6 +24,7 @@ from orchestrator.leaderboard import SEARCH_FILE
 from orchestrator.pipeline import load_splits, run_benchmark
 from orchestrator.search import SearchOptions
 from tests.conftest import REPO, make_images, sweep_settings, write_image_parquet
+from tests.orchestrator.heads import HeadNode
 
 pytestmark = pytest.mark.ray
 
@@ -63,12 +64,33 @@ def _trials(record) -> dict[str, tuple[dict, float]]:
     return out
 
 
+def _reserved_placement_groups(timeout: float = 30.0) -> list[dict]:
+    """Placement groups still holding resources, polled: Ray Train's cleaner frees the group
+    of a run whose controller died (a trial ASHA stopped) a few seconds after the death."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(1)
+
+
 def test_train_in_tune_with_asha_finishes(ray_cluster, parquets, tmp_path):
     """2 trials, each a Ray Train run (1 gloo worker) inside a Tune trial, ASHA on UNIC's
-    per-report selection score: the sweep finishes (no leaked placement group) and runs the
-    best configuration."""
-    opts = SearchOptions(budget=2, fidelity="smoke", trial_workers=1)
-    results, record = _search(ray_cluster, parquets[0], tmp_path / "out", opts)
+    per-report selection score: the sweep finishes and runs the best configuration, and no
+    placement group outlives the search, also with another Ray instance on the host (Ray
+    Train's placement-group cleaner must still find its own cluster; a leaked group would
+    hold a CPU and every later task that needs the whole cluster would wait for good)."""
+    (tmp_path / "bystander").mkdir()
+    bystander = HeadNode(tmp_path / "bystander", cpus=1, gpus=0)
+    try:
+        opts = SearchOptions(budget=2, fidelity="smoke", trial_workers=1)
+        results, record = _search(ray_cluster, parquets[0], tmp_path / "out", opts)
+        assert _reserved_placement_groups() == []
+    finally:
+        bystander.stop()
     assert record["trials"] == 2 and record["selected_by"] == "selection_score"
     assert len(list((tmp_path / "out" / "tune").glob("*/train/train-*"))) == 2  # Train runs
     assert [r["method"] for r in results] == ["unic"] and results[0]["acc"] > 0.5
