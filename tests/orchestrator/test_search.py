@@ -307,24 +307,44 @@ def test_ctrl_c_mid_search_exits_130_and_resume_runs_only_the_rest(parquets, tmp
     assert unic["seeds"] == 2 and unic["config_hash"] == record["config_hash"]
 
 
+def _nan_copy(src: Path, dst: Path) -> Path:
+    """A copy of an embeddings artifact whose features are all NaN (labels, ids and meta kept)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dst.mkdir(parents=True)
+    for f in src.glob("*.parquet"):
+        table = pq.read_table(f)
+        column = table.column("embedding").combine_chunks()  # a tensor extension array
+        storage = column.storage  # (large) lists of float32
+        nan = pa.array(np.full(len(storage.values), np.nan, np.float32))
+        nan = type(storage).from_arrays(storage.offsets, nan)
+        poisoned = pa.ExtensionArray.from_storage(column.type, nan)
+        at = table.schema.get_field_index("embedding")
+        pq.write_table(table.set_column(at, "embedding", poisoned), dst / f.name)
+    shutil.copy(src / "_meta.json", dst / "_meta.json")
+    return dst
+
+
 def test_a_trial_with_a_nan_loss_is_reported_once_and_the_sweep_goes_on(
     ray_cluster, parquets, tmp_path, monkeypatch, caplog
 ):
-    """Every UNIC trial gets an infinite weight decay (a fixed override beside the searched
-    fields, as the fidelity's are): its first update makes the head NaN, the loop stops at the
-    next step with its one-line reason, each trial is reported once, and the sweep goes on
-    with the next method."""
+    """The UNIC trials read features that are NaN (k-means the real ones): the loop stops each
+    trial at its first step with its one-line reason, each trial is reported once, and the
+    sweep goes on with the next method."""
     import logging
 
     from orchestrator import search
 
-    real = search.fidelity_overrides
+    real = search.search_method
 
-    def poisoned(method, fidelity):
-        base = real(method, fidelity)
-        return {**base, "weight_decay": float("inf")} if method == "unic" else base
+    def poisoned(method, job, *args, **kwargs):
+        if method == "unic":
+            nan = _nan_copy(Path(job["fit_embeddings"]), tmp_path / "nan-embeddings")
+            job = {**job, "fit_embeddings": str(nan)}
+        return real(method, job, *args, **kwargs)
 
-    monkeypatch.setattr(search, "fidelity_overrides", poisoned)
+    monkeypatch.setattr(search, "search_method", poisoned)
     caplog.set_level(logging.WARNING, logger="orchestrator")
     out = tmp_path / "out"
     settings = sweep_settings(out, ("unic", "kmeans"))
