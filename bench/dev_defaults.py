@@ -18,8 +18,9 @@ For each default, every candidate runs with the method's other defaults (full fi
 seeds 0-2; the table prints ACC (Hungarian, labels used only to score) per seed, the mean and
 the population std, with k-means (default config, same seeds) on the same embeddings as the
 reference. Candidates: IIC ``lr`` in {1e-4 (paper), 1e-3, 1e-2, 3e-2}; SPICE ``balance`` in
-{smallest (the official code's rule, with the spec 6.8 empty-set fallback), median}; UNIC
-``head`` in {linear (spec default), mlp}.
+{smallest (the official code's rule, with the empty-set fallback of docs/methods.md, SPICE:
+empty-set fallback), median}; UNIC ``head`` in {linear (the design's default, docs/methods.md,
+UNIC: head), mlp}.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@
 
 Random unit vectors (the worst case for near-ties), generated on the device. Paths timed, each
 on all N queries except the naive reference, timed on --naive-queries (131,072 by default,
-~1/10 of ImageNet; ~100 s for all 1.28M on an H100 by the fp32 rates in
-shared/spec/ray-notes.md section 4.1) and scaled to N:
+~1/10 of ImageNet; ~100 s for all 1.28M on an H100, since strict fp32 GEMM plus top-k takes
+about 77 s there before blocking overheads) and scaled to N:
 
 * ``naive fp32`` (the reference): blocks of queries, ``q @ X.T`` in full fp32 (no TF32),
   ``topk(k + 1)``, self dropped;

@@ -1,8 +1,9 @@
-"""Generalized category discovery (shared/spec/gcd.md): the labelled/unlabelled split, the
+"""Generalized category discovery (docs/gcd.md): the labelled/unlabelled split, the
 v2 accuracy (one Hungarian matching; All / Old / New) and semi-supervised k-means.
 
-Visibility contract (spec 2): a method sees ``labelled_idx`` and ``labelled_y`` only; the labels
-of unlabelled images and their Old/New status stay with the scorer (``gcd_scores``).
+Visibility contract (docs/gcd.md, GCD: what methods receive): a method sees ``labelled_idx``
+and ``labelled_y`` only; the labels of unlabelled images and their Old/New status stay with the
+scorer (``gcd_scores``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ SPLITS_FILE = Path(__file__).parent / "data" / "gcd_splits.json"
 
 @functools.cache
 def published_splits() -> dict:
-    """The spec's Old-class lists (1.3-1.4), kept as plain data."""
+    """The published Old-class lists (docs/gcd.md, GCD: Old classes), kept as plain data."""
     return json.loads(SPLITS_FILE.read_text())
 
 
@@ -34,9 +35,9 @@ def default_old_classes(
 ) -> tuple[int, ...]:
     """The benchmark's Old (known) classes in its loader's label space.
 
-    Published splits (spec 1.2-1.4): CIFAR-100 0-79; CUB, Stanford Cars and FGVC-Aircraft from
-    the SSB lists (Aircraft's ranks of sorted variant names, remapped by name because
-    torchvision orders classes by ``variants.txt``); ImageNet-100 by wnid. Every other
+    Published splits (docs/gcd.md, GCD: Old classes): CIFAR-100 0-79; CUB, Stanford Cars and
+    FGVC-Aircraft from the SSB lists (Aircraft's ranks of sorted variant names, remapped by name
+    because torchvision orders classes by ``variants.txt``); ImageNet-100 by wnid. Every other
     benchmark: the first floor(C / 2) class ids (CIFAR-10: airplane ... deer; digits: 0-4).
     """
     if num_classes < 2:
@@ -107,12 +108,14 @@ def make_split(
     val_frac: float = 0.0,
     seed: int = 0,
 ) -> GcdSplit:
-    """The standard GCD split (spec 1.1): ``floor(labelled_frac * N_old)`` of the Old-class
-    images, drawn uniformly over all of them (not per class) with numpy's legacy generator
-    seeded ``seed`` (always 0 in the protocol); every other image is unlabelled.
+    """The standard GCD split (docs/gcd.md, GCD: the labelled draw):
+    ``floor(labelled_frac * N_old)`` of the Old-class images, drawn uniformly over all of them
+    (not per class) with numpy's legacy generator seeded ``seed`` (always 0 in the protocol);
+    every other image is unlabelled.
 
     ``val_frac`` > 0 holds out that fraction of the labelled images of each Old class (seed 0,
-    spec 6) for model selection; they are neither trained on as labelled nor scored.
+    docs/gcd.md, GCD: held-out labelled images) for model selection; they are neither trained
+    on as labelled nor scored.
     """
     labels = np.asarray(labels)
     if not 0.0 < labelled_frac <= 1.0 or not 0.0 <= val_frac < 1.0:
@@ -162,7 +165,7 @@ def _relabel(p: np.ndarray) -> np.ndarray:
 def gcd_accuracy(
     y: np.ndarray, p: np.ndarray, old_classes: tuple[int, ...], variant: str = "v2"
 ) -> dict[str, float]:
-    """All / Old / New accuracy over the unlabelled set (spec 3).
+    """All / Old / New accuracy over the unlabelled set (docs/gcd.md, GCD: accuracy).
 
     ``v2`` (report this): one Hungarian matching of clusters to classes over all images, then
     accuracy on all images and on the Old-class and New-class images. ``v2b``: the same
@@ -256,7 +259,7 @@ def ss_kmeans(
     seed: int = 0,
     normalize: bool = True,
 ) -> SSKMeansResult:
-    """Semi-supervised k-means (GCD; spec 4).
+    """Semi-supervised k-means (GCD; docs/methods.md, SS-k-means: objective).
 
     Labelled rows stay assigned to their class; the first m centroids start at the labelled
     class means (classes in sorted order), the other K - m by k-means++ over the unlabelled

@@ -1,7 +1,8 @@
 """Neighbour information from a mined kNN table: second-order cleaning and negative mining.
 
-Implements sections 3-5 of ``shared/spec/unic.md`` (UNIC, arXiv 2503.14500). The paper's method
-text could not be read; the rules below are the spec's design (marked [inferred] there) built on
+Implements UNIC's positives, cleaning and negatives (arXiv 2503.14500; docs/methods.md, UNIC:
+positives, UNIC: cleaning, UNIC: negatives). The paper's method text could not be read; the
+rules below are this project's design (docs/methods.md, UNIC: what the paper states) built on
 what the paper and its reviewers state: positives are cleaned "based on the union size of
 second-order neighbours", negatives are the "furthest" samples.
 
@@ -129,7 +130,8 @@ def clean_positives(
     spread_drop_frac: float = 0.2,
     veto: np.ndarray | None = None,
 ) -> PositiveTable:
-    """Second-order cleaning of each anchor's first ``pos_k`` neighbours (spec section 4).
+    """Second-order cleaning of each anchor's first ``pos_k`` neighbours (docs/methods.md,
+    UNIC: cleaning).
 
     Rules: ``pair_overlap`` keeps j iff shared(i, j) >= ceil(min_shared_frac * m);
     ``votes`` keeps j iff at least ceil(min_shared_frac * pos_k) of i's neighbours list j;
@@ -168,7 +170,8 @@ def clean_positives(
 def negative_thresholds(
     features: np.ndarray, rho: float, ref_size: int = 4096, seed: int = 0
 ) -> np.ndarray:
-    """t[i]: the r-th largest cosine from anchor i to a fixed reference sample (spec section 5).
+    """t[i]: the r-th largest cosine from anchor i to a fixed reference sample
+    (docs/methods.md, UNIC: negatives).
 
     With R the sample minus i, r = min(ceil(rho * |R|), |R| - 1); negatives must have cosine
     strictly below t[i]. rho = 0 gives t = +inf (any image). (N,) float32.
@@ -196,7 +199,8 @@ def negative_thresholds(
 
 
 class NegativeSampler:
-    """Draws negatives per anchor: uniform candidates accepted when far (spec section 5).
+    """Draws negatives per anchor: uniform candidates accepted when far (docs/methods.md,
+    UNIC: negatives).
 
     A candidate j != i is accepted when cos(i, j) < t[i], j is not among i's first ``pos_k``
     neighbours and, with ``exclude_shared``, the two length-``m`` lists share nothing. The
@@ -252,17 +256,17 @@ class NegativeSampler:
 
 
 def label_veto(cand: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """GCD label constraint on mined pairs (spec 9): (N, k) candidate ids and (N,) labels
-    (-1 = unlabelled) -> (N, k) bool, True where anchor and candidate are both labelled with
-    different labels (such a pair is never a positive)."""
+    """GCD label constraint on mined pairs (docs/methods.md, UNIC: GCD mode): (N, k) candidate
+    ids and (N,) labels (-1 = unlabelled) -> (N, k) bool, True where anchor and candidate are
+    both labelled with different labels (such a pair is never a positive)."""
     la = labels[:, None]
     lc = labels[cand]
     return (la >= 0) & (lc >= 0) & (la != lc)
 
 
 class LabelledPool:
-    """Labelled rows grouped by label (GCD, spec 9): same-label positives and other-label
-    negatives for labelled anchors, drawn uniformly with a generator.
+    """Labelled rows grouped by label (docs/methods.md, UNIC: GCD mode): same-label positives
+    and other-label negatives for labelled anchors, drawn uniformly with a generator.
 
     ``labels`` (N,) int with -1 for unlabelled rows.
     """

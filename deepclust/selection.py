@@ -26,7 +26,8 @@ def neighbor_agreement(
         pred: (N,) int cluster ids of the fit split.
         neighbors: (N, kmax) mined neighbour ids (self excluded), kmax >= k.
         num_clusters: C, the number of clusters asked for.
-        k: raw neighbours per anchor (5, as UNIC's and SCAN's selection scores, spec 10).
+        k: raw neighbours per anchor (5, as UNIC's and SCAN's selection scores, docs/methods.md,
+            UNIC: model selection).
         anchors: fixed anchors drawn with ``seed`` (all rows when N is smaller).
 
     The random-pair term is the agreement the partition's own cluster sizes give by chance

@@ -26,10 +26,9 @@ from orchestrator.mine import ensure_neighbors
 from orchestrator.ray_env import RaySession
 from trainables import inputs, state_io
 from trainables.methods import METHODS, FitInputs
+from trainables.methods.base import DEFAULT_KMAX
 
 log = logging.getLogger(__name__)
-
-DEFAULT_KMAX = 50  # mined once; methods slice [:, :k] (SCAN uses 20, UNIC searches k <= 50)
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class SweepSettings:
     knn_shards: int
     batch_size: int
     setting: str = "clustering"  # clustering | gcd
-    gcd_labelled_frac: float = 0.5  # of the Old-class images (spec gcd 1.1)
+    gcd_labelled_frac: float = 0.5  # of the Old-class images (docs/gcd.md, GCD: the labelled draw)
     gcd_val_frac: float = 0.0  # of each Old class's labelled images, held out for selection
     # Ray Train workers ask for a GPU each when the cluster has GPUs; False keeps them on CPU
     # (gloo), e.g. while the GPUs are busy, or on a cluster that advertises GPUs it has not got
@@ -397,8 +396,9 @@ def _variant(method: str, config_hash: str, gcd) -> str:
 
 
 def _gcd_inputs(split: GcdSplit, gcd_labels: bool) -> dict[str, np.ndarray]:
-    """What a GCD method may see (spec gcd 2): the unlabelled row ids, and for ``gcd_labels``
-    methods the labelled rows and their labels; never another label."""
+    """What a GCD method may see (docs/gcd.md, GCD: what methods receive): the unlabelled row
+    ids, and for ``gcd_labels`` methods the labelled rows and their labels; never another
+    label."""
     out = {"unlabelled_idx": split.unlabelled_idx}
     if gcd_labels:
         out.update(labelled_idx=split.labelled_idx, labelled_y=split.labelled_y)
@@ -408,8 +408,9 @@ def _gcd_inputs(split: GcdSplit, gcd_labels: bool) -> dict[str, np.ndarray]:
 def ensure_gcd_split(
     splits: BenchmarkSplits, fit_emb: Embeddings, settings: SweepSettings, store: ArtifactStore
 ) -> tuple[GcdSplit, Path, str]:
-    """The benchmark's GCD split (spec gcd 1: Old classes, 50% of their images labelled, seed
-    0), computed once per embedded train pool and stored beside the embeddings."""
+    """The benchmark's GCD split (docs/gcd.md, GCD: the labelled draw: Old classes, 50% of
+    their images labelled, seed 0), computed once per embedded train pool and stored beside the
+    embeddings."""
     old = default_old_classes(
         splits.spec.name, splits.fit.num_classes, tuple(splits.fit.class_names)
     )

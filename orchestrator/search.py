@@ -1,6 +1,6 @@
 """Hyperparameter search: one Ray Tune ``Tuner`` per (benchmark, backbone, method, setting).
 
-Design (shared/spec/ray-notes.md sections 5-8):
+Design (each point follows how Ray Tune, Ray Train and Optuna behave together):
 
 * Embeddings, the kNN table and the GCD split exist before Tune starts (pipeline.py); a trial
   receives their paths, never arrays, and never recomputes them.
@@ -228,6 +228,11 @@ def search_method(
         searcher = JournalOptunaSearch(
             space=space, metric=metric, mode=mode, seed=opts.seed, storage=journal, study_name=name
         )
+        if not log.isEnabledFor(logging.DEBUG):  # -v keeps Tune's own console output
+            # Tune's new console reporter prints an experiment box and a TensorBoard hint into
+            # Ray's temp folder even at verbose=0; the classic one is silent there, and the
+            # sweep logs the search, its TensorBoard folder and its result itself
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(

@@ -146,7 +146,7 @@ def add_common_arguments(p: argparse.ArgumentParser, seeds: str = "0") -> None:
         default="clustering",
         choices=("clustering", "gcd"),
         help="clustering (no labels) or gcd: generalized category discovery on the train pool, "
-        "50%% of the Old-class images labelled (shared/spec/gcd.md)",
+        "50%% of the Old-class images labelled (docs/gcd.md)",
     )
     p.add_argument(
         "--gcd-val-frac",

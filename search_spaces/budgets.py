@@ -21,14 +21,6 @@ from typing import Any
 
 FIDELITIES = ("full", "laptop", "smoke")
 
-# deviation: one MLP head instead of TEMI's four (its cost is linear in heads; the run keeps
-# every step), and UNIC's 100 epochs without the 8,000-step floor, for CPU-only machines
-# (see above)
-LAPTOP: dict[str, dict[str, Any]] = {
-    "unic": {"min_steps": 0},
-    "temi": {"num_heads": 1},
-}
-
 
 def fidelity_overrides(method: str, fidelity: str) -> dict[str, Any]:
     """Config overrides of ``method`` at ``fidelity`` (validated by the method's config)."""
@@ -39,5 +31,5 @@ def fidelity_overrides(method: str, fidelity: str) -> dict[str, Any]:
     if fidelity == "smoke":
         return dict(METHODS.get(method).smoke)
     if fidelity == "laptop":
-        return dict(LAPTOP.get(method, {}))
+        return dict(METHODS.get(method).laptop)
     return {}

@@ -147,7 +147,7 @@ class FinetuneOptions(CheckedChoices):
     ft_weight_decay: float = 1e-4
     ft_batch_size: Count = 128  # anchors per step over all workers
     ft_epochs: Count = 50
-    augment: Augment = "simclr"  # the training view (spec 4.5: SimCLR augmentation)
+    augment: Augment = "simclr"  # the training view (SCAN's ImageNet configs: SimCLR's)
 
 
 class ImageSteps:

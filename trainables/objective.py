@@ -4,7 +4,8 @@ workers).
 Objective hygiene: a search never reads a ground-truth label of the images it is scored on.
 
 * clustering: the method's ``search_objective``, label-free and comparable across configs;
-* GCD: ``val_acc``, accuracy on held-out *labelled* Old-class images (spec gcd 2, selection),
+* GCD: ``val_acc``, accuracy on held-out *labelled* Old-class images (docs/gcd.md, GCD:
+  held-out labelled images),
   which the method never trained on;
 * ``--oracle`` only: ``oracle_acc``, accuracy against the evaluation labels. Every output of an
   oracle search says so (leaderboard objective ``ORACLE acc``).

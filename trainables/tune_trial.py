@@ -6,7 +6,8 @@ Two ways to train a trial, chosen by ``job["trial_workers"]``:
   process. A Tune trial already is a Ray actor holding its resources; wrapping a one-process
   head fit in a TorchTrainer would add a controller actor, a worker group and a placement
   group per trial (tens of seconds on a 2-core machine) for no parallelism.
-* ``N >= 1``: the Train V2 driver pattern (shared/spec/ray-notes.md 5.4). The trial builds a
+* ``N >= 1``: the Train V2 driver pattern (Ray Train inside a Tune function trainable, so
+  Tune sees rank 0's reports through ``TuneReportCallback``). The trial builds a
   TorchTrainer with N DDP workers and ``TuneReportCallback``; its run name is the trial id, so
   a restored trial resumes from its last Train checkpoint.
 

@@ -1,4 +1,5 @@
-"""GCD protocol pieces against the spec's hand-computed cases (shared/spec/gcd.md 1, 3, 4)."""
+"""GCD protocol pieces against hand-computed cases (docs/gcd.md, GCD: the labelled draw and
+GCD: accuracy; docs/methods.md, SS-k-means: defaults)."""
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from deepclust.gcd import (
 )
 
 OLD = (0, 1)
-# spec 3: id -> (y, p, v2, v1, v2b) with results as (All, Old, New)
+# docs/gcd.md, GCD: accuracy: id -> (y, p, v2, v1, v2b) with results as (All, Old, New)
 CASES = {
     "T1": ([0, 0, 1, 1, 2, 2, 3, 3], [5, 5, 7, 7, 1, 1, 0, 0], (1, 1, 1), (1, 1, 1), (1, 1, 1)),
     "T2": (

@@ -1,4 +1,4 @@
-"""Hand-checked cases of shared/spec/unic.md section 12 (computed by hand there)."""
+"""Hand-checked cases of docs/methods.md, UNIC: hand-checked cases (computed by hand)."""
 
 import math
 
@@ -141,7 +141,8 @@ def test_sampled_reference_threshold_approximates_the_exact_rank():
     assert math.isfinite(float(exact.max()))
 
 
-# spec 12 case 10: the same graph, labelled {0: A, 1: A, 4: B, 5: B}, the rest unlabelled (-1)
+# docs/methods.md, UNIC: hand-checked cases, case 10: the same graph, labelled
+# {0: A, 1: A, 4: B, 5: B}, the rest unlabelled (-1)
 GCD_LABELS = np.array([0, 0, -1, -1, 1, 1, -1, -1])
 
 

@@ -5,8 +5,9 @@ their true labels and once with the evaluation labels permuted. Everything a met
 identical, while the scores differ: the permutation did reach the scorer, and nothing else.
 
 * clustering: the label column permuted across all images;
-* GCD (shared/spec/gcd.md 2): the same split (the labelled rows and their labels identical),
-  the hidden labels (of the unlabelled, scored rows) permuted among those rows. The split is
+* GCD (docs/gcd.md, GCD: what methods receive): the same split (the labelled rows and their
+  labels identical), the hidden labels (of the unlabelled, scored rows) permuted among those
+  rows. The split is
   drawn from which rows hold an Old class (deepclust/gcd.py ``make_split``), and the held-out
   rows a GCD search ranks trials on from the labelled rows' labels, so the hidden labels are
   permuted within the unlabelled Old-class rows and within the New-class rows separately:

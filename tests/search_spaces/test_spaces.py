@@ -86,4 +86,4 @@ def test_searched_choice_fields_cover_every_choice(name, setting):
         assert set(allowed) - searched - NOT_SEARCHED["unic"] == (
             set() if setting == "gcd" else {"gcd_pos_labelled", "gcd_neg_source"}
         )
-        assert {0.0, 0.2} <= seen["neg_min_rank_frac"]  # spec 13's rho = 0 and 2/C (C = 10)
+        assert {0.0, 0.2} <= seen["neg_min_rank_frac"]  # UNIC's rho = 0 and 2/C (C = 10)

@@ -112,7 +112,8 @@ def test_every_choice_fits_and_predicts(name, field, value):
     assert getattr(cfg, field) == value
     method = method_cls(cfg)
     score = float(method.fit(_inputs(method_cls))[method_cls.objective])
-    # +inf is UNIC's flag for a degenerate run (spec unic 10), which a 20-step run may be
+    # +inf is UNIC's flag for a degenerate run (docs/methods.md, UNIC: model selection), which
+    # a 20-step run may be
     assert np.isfinite(score) or score == np.inf
     _check_predictions(method.predict(_data()[0]), N)
 

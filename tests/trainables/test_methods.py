@@ -58,6 +58,12 @@ def test_contract(name):
     assert dataclasses.is_dataclass(cfg) and method_cls.Config.__dataclass_params__.frozen
     assert method_cls.needs <= {f.name for f in dataclasses.fields(FitInputs)}
     assert isinstance(method_cls.objective, str) and method_cls.objective
+    # a method is one file: its own class declares every part (none inherited by accident)
+    for part in ("Config", "objective", "smoke", "laptop", "search_space"):
+        assert part in vars(method_cls), f"{name} does not declare {part}"
+    from_dict(method_cls.Config, method_cls.laptop)  # laptop overrides are real fields
+    assert method_cls.search_space is None or callable(method_cls.search_space)
+    assert (method_cls.search_space is None) == (not method_cls.trainable), name
     x, y = blobs()
     method = method_cls(cfg)
     diagnostics = method.fit(inputs_for(method_cls, x, y))

@@ -66,8 +66,9 @@ def test_empty_anchor_policies():
 
 @pytest.mark.parametrize("neg_source", ["mined", "labels", "both"])
 def test_gcd_labelled_anchors_use_their_labels(neg_source):
-    """Spec 9: labelled anchors take same-label labelled positives; labels veto contradicting
-    mined pairs and negatives; unlabelled anchors keep mined positives."""
+    """docs/methods.md, UNIC: GCD mode: labelled anchors take same-label labelled positives;
+    labels veto contradicting mined pairs and negatives; unlabelled anchors keep mined
+    positives."""
     import torch
 
     from deepclust.gcd import make_split
@@ -116,8 +117,9 @@ def test_gcd_supervised_option_targets_the_fixed_cluster_of_each_labelled_class(
     [("labels", {5}, {1}), ("labels+mined", {5, 6}, {1, 2, 3}), ("mined", {5, 6}, {1, 2, 3})],
 )
 def test_gcd_positive_sources_on_the_spec_graph(source, want4, want0):
-    """Spec 12 case 10: labelled {0: A, 1: A, 4: B, 5: B}; anchor 4 gets {5} from labels and
-    {5} u [5, 6] with labels+mined; unlabelled anchor 3 keeps its cleaned mined list [2, 0]."""
+    """docs/methods.md, UNIC: hand-checked cases, case 10: labelled {0: A, 1: A, 4: B, 5: B};
+    anchor 4 gets {5} from labels and {5} u [5, 6] with labels+mined; unlabelled anchor 3 keeps
+    its cleaned mined list [2, 0]."""
     import torch
 
     from deepclust.neighbors import LabelledPool, label_veto
@@ -186,8 +188,8 @@ def test_selection_score_of_a_saturated_head_is_finite():
 
 
 def test_labels_plus_mined_runs_end_to_end_in_gcd():
-    """The spec's third source of labelled anchors' positives (spec 9) passes the config, the
-    validation and a whole GCD fit (it was once refused by validate)."""
+    """The third source of labelled anchors' positives (docs/methods.md, UNIC: GCD mode) passes
+    the config, the validation and a whole GCD fit (it was once refused by validate)."""
     from deepclust.config import from_dict
     from deepclust.gcd import make_split
     from deepclust.knn import knn_self

@@ -3,7 +3,7 @@
 Reference: Ji, Henriques, Vedaldi, "Invariant Information Clustering for Unsupervised Image
 Classification and Segmentation", ICCV 2019, Eq. 1-3 (joint distribution of a pair's
 assignments, symmetrised; objective I(z; z')). The lambda > 1 generalisation up-weights the
-marginal entropy (shared/spec/baselines.md section 5.4).
+marginal entropy (docs/methods.md, IIC: loss).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ References:
         Eq. 2 (consistency between an anchor and a neighbour, entropy on the mean prediction).
     UNIC: Jayatilaka et al., arXiv 2503.14500 (2025); per its reviewers Eq. 6 is a binary
         cross-entropy on the dot product of two predictions (target 1 for a positive pair,
-        0 for a negative one). Form and defaults: shared/spec/unic.md section 7.
+        0 for a negative one). Form and defaults: docs/methods.md, UNIC: loss.
 
 All probabilities are computed in float32 from logits (also under autocast). ``EPS`` guards
 the logs. Every term is invariant to permuting the cluster axis of all inputs together.
@@ -120,8 +120,9 @@ def neighbor_clustering_loss(
 
 
 def supervised_term(anchor_logits: Tensor, target: Tensor) -> Tensor:
-    """GCD option of UNIC (spec section 9, ``w_sup``): cross-entropy of the labelled anchors
-    against their class's fixed cluster; rows with ``target < 0`` (unlabelled) are ignored.
+    """GCD option of UNIC (docs/methods.md, UNIC: GCD mode, ``w_sup``): cross-entropy of the
+    labelled anchors against their class's fixed cluster; rows with ``target < 0``
+    (unlabelled) are ignored.
 
     Args: anchor_logits (B, C); target (B,) int64 cluster of the anchor's class, or -1.
     Returns the mean over labelled rows (0 when the batch has none).

@@ -5,7 +5,7 @@ References:
     Eq. 2 (consistency of an anchor with a mined neighbour, minus lambda times the entropy of
     the mean prediction) and Sec. 3.3 / Eq. 4 (self-labelling: cross-entropy of a strongly
     augmented view against the confident predictions of the weak view, class-balanced).
-    Behaviour details: shared/spec/baselines.md sections 4.4 and 4.7.
+    Behaviour details: docs/methods.md, SCAN: loss and SCAN self-labelling: loss.
 """
 
 from __future__ import annotations

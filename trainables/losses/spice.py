@@ -4,7 +4,7 @@ Reference: Niu, Shan, Wang, "SPICE: Semantic Pseudo-Labeling for Image Clusterin
 2022: Sec. III-B (prototype pseudo-labels: the most confident samples of each cluster define a
 prototype; the samples nearest to it get the cluster's label), Sec. III-C (reliable samples by
 local semantic consistency) and the FixMatch-style joint training. Behaviour as described in
-shared/spec/baselines.md sections 6.3-6.7.
+docs/methods.md, SPICE: SPICE-Self, SPICE: reliable samples and SPICE: SPICE-Semi.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Reference: Adaloglou et al., "Exploring the Limits of Deep Image Clustering using Pretrained
 Models", BMVC 2023 (TEMI): the PMI objective with beta < 1, the EMA cluster-marginal estimate,
 and the instance weight given by the teacher ensemble's agreement on a pair. Behaviour as
-described in shared/spec/baselines.md section 2.4.
+described in docs/methods.md, TEMI: loss.
 
 Shapes: H heads, B pairs, C clusters. Student logits (H, B, C) of view a and view b (a mined
 neighbour of a); teacher logits likewise; the marginal p~ is (H, C).

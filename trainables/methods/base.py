@@ -9,10 +9,22 @@ see labels even by accident), then scores ``predict`` on the evaluation split.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
+# Neighbours mined per image (fewer on sets of 50 images or less); methods slice [:, :k], and
+# search spaces stop their neighbour counts here.
+# deviation: UNIC's paper searches k up to 100; 50 covers SCAN's 20 and TEMI's 50, and mining
+# costs grow with it.
+DEFAULT_KMAX = 50
+
+# A define-by-run search space: fn(trial, setting, kmax, num_clusters) -> config overrides,
+# every suggested name a field of the method's config (``trial`` is an Optuna trial, duck-typed
+# so that method files need no Optuna).
+SearchSpace = Callable[..., dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -30,8 +42,9 @@ class FitInputs:
             method such as SCAN's self-labelling), else None.
         labelled_idx, labelled_y: GCD only, and only for methods with ``gcd_labels``: the
             labelled rows and their (Old-class) labels; nothing about any other row.
-        unlabelled_idx: GCD only: the rows that will be scored (visible to every method, spec
-            gcd 2; k-means fits on them as in the GCD scripts).
+        unlabelled_idx: GCD only: the rows that will be scored (visible to every method,
+            docs/gcd.md, GCD: what methods receive; k-means fits on them as in the GCD
+            scripts).
     """
 
     embeddings: np.ndarray
@@ -72,8 +85,13 @@ class ClusteringMethod(abc.ABC):
     # on the unlabelled pool); ``gcd_labels`` methods read the labelled subset there.
     settings: ClassVar[frozenset[str]] = frozenset({"clustering", "gcd"})
     gcd_labels: ClassVar[bool] = False
-    # Overrides for a laptop-size smoke run (contract tests, --smoke-test); {} = defaults.
-    smoke: ClassVar[dict[str, Any]] = {}
+    # Every method declares these three in its own class (a contract test checks it):
+    # overrides for a laptop-size smoke run (contract tests, --smoke-test), {} = defaults;
+    smoke: ClassVar[dict[str, Any]]
+    # overrides at laptop fidelity (CPU-only clusters; search_spaces/budgets.py), {} = none;
+    laptop: ClassVar[dict[str, Any]]
+    # its hyperparameter search space, or None where nothing is worth searching.
+    search_space: ClassVar[SearchSpace | None]
 
     def __init__(self, config: Any) -> None:
         if not isinstance(config, self.Config):

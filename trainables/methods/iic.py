@@ -1,17 +1,19 @@
 """IIC on cached embeddings: mutual information of paired cluster assignments, with a main
 head (C clusters) and an overclustering head (factor x C), each of several sub-heads, the
-lowest-loss main sub-head kept (Ji et al., ICCV 2019; shared/spec/baselines.md 5).
+lowest-loss main sub-head kept (Ji et al., ICCV 2019; docs/methods.md, IIC).
 
 Cached mode: pairs come from mined neighbours (the paper pairs augmentations of one image; on
-frozen embeddings the neighbour plays that role, spec 5.2 b), each anchor repeated ``repeats``
-times with independent neighbours in one batch (the paper's repeat trick). Finetune mode
-(``finetune=True``, spec 5.2 a): pairs are two independent augmentations of the same image,
-RGB (no Sobel), through the backbone's last blocks and the selected sub-head.
+frozen embeddings the neighbour plays that role, docs/methods.md, IIC: pairs and heads), each
+anchor repeated ``repeats`` times with independent neighbours in one batch (the paper's repeat
+trick). Finetune mode (``finetune=True``, docs/methods.md, IIC: finetune mode): pairs are two
+independent augmentations of the same image, RGB (no Sobel), through the backbone's last blocks
+and the selected sub-head.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ from trainables import loop
 from trainables.finetune import FinetuneOptions, embed_images, finetune_model
 from trainables.heads import ClusterHead, MultiHead
 from trainables.losses.iic import iic_loss
-from trainables.methods.base import ClusteringMethod, FitInputs
+from trainables.methods.base import DEFAULT_KMAX, ClusteringMethod, FitInputs
 from trainables.pairs import NeighborPairs, PairSteps, check_k, unwrap
 
 
@@ -38,7 +40,7 @@ class IicConfig(FinetuneOptions):
     overcluster_factor: int = 0
     lam: float = 1.0  # marginal-entropy weight (1 = mutual information)
     # deviation: the paper alternates passes of head A and head B; here both losses are added
-    # at every step (spec 5.7 allows it), which halves the passes.
+    # at every step (docs/methods.md, IIC: deviations), which halves the passes.
     # deviation: Adam 1e-4 from scratch in the paper. Linear heads on unit-norm embeddings
     # start near uniform, where the MI has almost no gradient, so a larger lr is needed.
     # Chosen on the dev set (5,000 GCD-labelled CIFAR-10 train images, never scored; K=5,
@@ -47,7 +49,7 @@ class IicConfig(FinetuneOptions):
     lr: Rate = 3e-2
     weight_decay: float = 0.0
     pairs_per_class: Count = 100  # batch = clamp(pairs_per_class * C, 500, 4000) pairs
-    # deviation: the official runs train from scratch for up to 2000 epochs (spec 5.5); heads
+    # deviation: the official runs train from scratch for up to 2000 epochs; heads
     # on frozen embeddings get 50 epochs (at least min_steps steps on small sets).
     epochs: Count = 50
     min_steps: int = 600
@@ -82,12 +84,26 @@ def _view_pairs(n: int, anchors: int, repeats: int, gen: torch.Generator) -> dic
     return {"anchor": ids, "partner": ids}
 
 
+def _search_space(
+    trial: Any, setting: str = "clustering", kmax: int = DEFAULT_KMAX, num_clusters: int = 10
+) -> dict[str, Any]:
+    """IIC (docs/methods.md, IIC: search space): overclustering factor (0 = off, else 5-10x C),
+    lambda (1 for clustering, 1.5 in the paper's segmentation runs) and k."""
+    return {
+        "overcluster_factor": trial.suggest_categorical("overcluster_factor", [0, 5, 7, 10]),
+        "lam": trial.suggest_float("lam", 1.0, 2.0),
+        "num_neighbors": trial.suggest_int("num_neighbors", min(5, kmax), kmax, log=True),
+    }
+
+
 class Iic(ClusteringMethod):
     Config = IicConfig
     needs = frozenset({"embeddings", "neighbors"})
     trainable = True
     objective = "iic_loss"  # IIC loss of the selected main sub-head on fixed training pairs
     smoke = {"epochs": 2, "min_steps": 100, "num_subheads": 2, "num_neighbors": 5}
+    laptop = {}  # laptop fidelity (CPU-only clusters) trains as full
+    search_space = staticmethod(_search_space)
 
     def _step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
         core = unwrap(model)

@@ -1,8 +1,8 @@
 """k-means on frozen embeddings: the baseline every method must beat.
 
 Lloyd's algorithm with k-means++ seeding (scikit-learn), on the stored L2-normalised features:
-the variant shared/spec/baselines.md 3.3 asks the harness to run. TEMI's official k-means
-baseline (spec 3.1) runs on the raw embeddings instead, with n_init=2.
+the variant docs/methods.md, k-means: objective and defaults describes. TEMI's official
+k-means baseline runs on the raw embeddings instead, with n_init=2.
 """
 
 from __future__ import annotations
@@ -26,13 +26,17 @@ class KMeans(ClusteringMethod):
     Config = KMeansConfig
     objective = "inertia"  # within-cluster sum of squares on the fit split; lower is better
     search_objective = ("inertia", "min")  # nothing to search at fixed k (empty space)
+    # k is fixed by the benchmark and restarts only trade time for inertia: nothing to search
+    search_space = None
+    laptop = {}  # laptop fidelity (CPU-only clusters) trains as full
+    smoke = {}  # already fast
 
     def fit(self, inputs: FitInputs, hooks: object = None) -> dict[str, float]:
-        # deviation: spec 3.3 also asks for k-means on the raw embeddings (TEMI's baseline);
+        # deviation: the harness should also run k-means on the raw embeddings (TEMI's baseline);
         # only unit-norm embeddings are stored (deepclust/embedder.py), so only the L2 variant
         # runs.
         rows = inputs.embeddings
-        if inputs.unlabelled_idx is not None:  # GCD: fit on the unlabelled pool (spec gcd 4)
+        if inputs.unlabelled_idx is not None:  # GCD: fit on the unlabelled pool (docs/gcd.md)
             rows = rows[inputs.unlabelled_idx]
         self._model = _SkKMeans(
             n_clusters=inputs.num_clusters,

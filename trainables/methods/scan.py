@@ -1,5 +1,5 @@
 """SCAN: neighbour-consistency clustering with entropy, several heads, lowest-loss head kept
-(Van Gansbeke et al., ECCV 2020). Cached-embedding mode (spec: shared/spec/baselines.md 4.8)
+(Van Gansbeke et al., ECCV 2020). Cached-embedding mode (docs/methods.md, SCAN)
 and finetune mode (``finetune=True``: the selected head and the backbone's last blocks trained
 on augmented anchor/neighbour images, as the paper's CIFAR/STL configs train the network).
 
@@ -10,6 +10,7 @@ which starts from this method's saved head.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from trainables.finetune import FinetuneOptions, embed_images, finetune_model
 from trainables.heads import ClusterHead, HeadKind, MultiHead
 from trainables.losses.neighbors import probs
 from trainables.losses.scan import scan_loss
-from trainables.methods.base import ClusteringMethod, FitInputs
+from trainables.methods.base import DEFAULT_KMAX, ClusteringMethod, FitInputs
 from trainables.pairs import (
     NeighborPairs,
     PairSteps,
@@ -54,18 +55,32 @@ def build_heads(cfg, in_dim: int, num_clusters: int, num_heads: int) -> nn.Modul
     return MultiHead(heads) if num_heads > 1 else heads[0]
 
 
+def _search_space(
+    trial: Any, setting: str = "clustering", kmax: int = DEFAULT_KMAX, num_clusters: int = 10
+) -> dict[str, Any]:
+    """SCAN (docs/methods.md, SCAN: search space): k (20 small sets, 50 ImageNet), the entropy
+    weight (5) and lr."""
+    return {
+        "num_neighbors": trial.suggest_int("num_neighbors", min(5, kmax), kmax, log=True),
+        "entropy_weight": trial.suggest_float("entropy_weight", 1.0, 10.0),
+        "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
+    }
+
+
 class Scan(ClusteringMethod):
     Config = ScanConfig
     needs = frozenset({"embeddings", "neighbors"})
     trainable = True
     objective = "scan_selection"  # consistency over raw top-5 neighbours - entropy (weight 1)
     # deviation: SCAN selects on the val/test images with their top-5 neighbours plus the image
-    # itself (spec 4.6). Here the score reads the fit split (spec 1.3: a split the project
-    # controls, never the test images) and its mined top-5 only: the mined table excludes self
-    # (spec unic 2), and the self pair's -log ||p_i||^2 rewards confidence alone, which the
+    # itself. Here the score reads the fit split (a split the project controls, never the test
+    # images; docs/methods.md, SCAN: model selection) and its mined top-5 only: the mined table
+    # excludes self, and the self pair's -log ||p_i||^2 rewards confidence alone, which the
     # consistency term already does; one score, shared with the self-labelling stage.
     search_objective = ("scan_selection", "min")  # fixed k=5 and weight 1: config-free
     smoke = {"epochs": 10, "num_heads": 2, "num_neighbors": 5}
+    laptop = {}  # laptop fidelity (CPU-only clusters) trains as full
+    search_space = staticmethod(_search_space)
 
     def _step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
         b = len(batch["anchor"])

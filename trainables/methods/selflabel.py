@@ -1,6 +1,6 @@
 """SCAN's self-labelling stage, registered as ``scan_selflabel``: starts from the SCAN run's
 selected head and trains on its own confident predictions (Van Gansbeke et al., ECCV 2020,
-Sec. 3.3; shared/spec/baselines.md 4.7-4.8).
+Sec. 3.3; docs/methods.md, SCAN self-labelling).
 
 Cached-embedding mode has no image augmentation, so the "strong" view is feature dropout on
 the embedding (see the deviation note on ``strong_dropout``). Finetune mode
@@ -11,6 +11,7 @@ strong view an augmented image (``augment``), through the backbone's last blocks
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from trainables import loop
 from trainables.finetune import FinetuneOptions, embed_images, finetune_model
 from trainables.heads import ClusterHead
 from trainables.losses.scan import confidence_mask, selflabel_loss
-from trainables.methods.base import ClusteringMethod, FitInputs
+from trainables.methods.base import DEFAULT_KMAX, ClusteringMethod, FitInputs
 from trainables.methods.scan import Scan
 from trainables.pairs import dropout, scan_selection_loss
 
@@ -38,8 +39,9 @@ class SelfLabelConfig(FinetuneOptions):
     lr: Rate = 1e-4  # Adam, as SCAN's CIFAR self-label config
     weight_decay: float = 1e-4
     batch_size: Count = 1000
-    # deviation: 200 epochs (spec 4.7), but at least min_steps steps: a set of at most 1,000
-    # rows has one batch per epoch and gets 400 epochs (a rule in N, as the other stages).
+    # deviation: 200 epochs (SCAN's CIFAR config), but at least min_steps steps: a set of at
+    # most 1,000 rows has one batch per epoch and gets 400 epochs (a rule in N, as the other
+    # stages).
     epochs: Count = 200
     min_steps: int = 400
 
@@ -66,11 +68,20 @@ def _selflabel_step(
         weak = model(batch["weak"])
     strong = model(batch["strong"])
     if not bool(confidence_mask(weak, cfg.threshold)[0].any()):
-        # deviation: SCAN's loss raises when no row of a batch passes the threshold (spec
-        # 4.7). A step with no confident row is skipped (zero loss, no gradient) rather than
-        # failing the run; fit() still refuses a start with no confident row at all.
+        # deviation: SCAN's loss raises when no row of a batch passes the threshold
+        # (docs/methods.md, SCAN self-labelling: deviations). A step with no confident row is
+        # skipped (zero loss, no gradient) rather than failing the run; fit() still refuses a
+        # start with no confident row at all.
         return strong.sum() * 0.0, {"selflabel/confident_frac": 0.0}
     return selflabel_loss(weak, strong, cfg.threshold, cfg.balanced)
+
+
+def _search_space(
+    trial: Any, setting: str = "clustering", kmax: int = DEFAULT_KMAX, num_clusters: int = 10
+) -> dict[str, Any]:
+    """SCAN self-labelling (docs/methods.md, SCAN self-labelling: search space): the confidence
+    threshold (0.99)."""
+    return {"threshold": trial.suggest_float("threshold", 0.9, 0.999)}
 
 
 class ScanSelfLabel(ClusteringMethod):
@@ -81,6 +92,8 @@ class ScanSelfLabel(ClusteringMethod):
     objective = "scan_selection"  # the same label-free score as SCAN, on the final head
     search_objective = ("scan_selection", "min")
     smoke = {"epochs": 5, "min_steps": 10, "threshold": 0.3}
+    laptop = {}  # laptop fidelity (CPU-only clusters) trains as full
+    search_space = staticmethod(_search_space)
 
     def fit(self, inputs: FitInputs, hooks: loop.LoopHooks | None = None) -> dict[str, float]:
         hooks = hooks or loop.LoopHooks()

@@ -1,4 +1,4 @@
-"""SPICE on cached embeddings (Niu, Shan, Wang, IEEE TIP 2022; shared/spec/baselines.md 6):
+"""SPICE on cached embeddings (Niu, Shan, Wang, IEEE TIP 2022; docs/methods.md, SPICE):
 
 1. SPICE-Self: H MLP heads trained on prototype pseudo-labels, recomputed for every big batch
    from the current predictions (the most confident rows of each cluster define a prototype in
@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from trainables.losses.spice import (
     prototype_pseudo_labels,
     spice_ce,
 )
-from trainables.methods.base import ClusteringMethod, FitInputs
+from trainables.methods.base import DEFAULT_KMAX, ClusteringMethod, FitInputs
 from trainables.pairs import dropout, unwrap
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,8 @@ class SpiceConfig(FinetuneOptions):
     confidence_threshold: Fraction = 0.99
     # class balancing of the reliable set: smallest (SPICE's code: every cluster cut to the
     # smallest one's count) | median (cut to the median cluster's count) | none.
-    # "smallest", the official code's rule (an empty set takes the spec 6.8 fallback below).
+    # "smallest", the official code's rule (an empty set takes the fallback below,
+    # docs/methods.md, SPICE: empty-set fallback).
     # Checked on the dev set (5,000 GCD-labelled CIFAR-10 train images, never scored; K=5,
     # k-means 64.74): bench/dev_defaults.py, ACC seeds 0 / 1 / 2: smallest 61.84 / 62.98 /
     # 69.96 (64.93 +- 3.59), median 61.84 / 63.32 / 70.08 (65.08 +- 3.59): within noise, so
@@ -89,7 +90,7 @@ class SpiceConfig(FinetuneOptions):
     semi_threshold: Fraction = 0.95
     semi_unlabelled_weight: float = 1.0
     # deviation: the official semi stage runs 2^20 iterations with an EMA (0.999) evaluation
-    # model (spec 6.7); a head on cached embeddings runs 100 passes over the set (at least
+    # model; a head on cached embeddings runs 100 passes over the set (at least
     # semi_min_steps steps) and predicts with its last weights, no EMA copy: the cosine
     # schedule has the lr near 0 over the last steps, where an EMA would average.
     semi_epochs: Count = 100  # passes over the unlabelled set
@@ -225,8 +226,9 @@ class _SemiSteps:
 
 
 def _semi_step(model: nn.Module, batch: dict[str, Tensor], cfg: SpiceConfig):
-    """FixMatch on [labelled; weak; strong] views through one head (spec 6.7), in one forward
-    pass: a backbone's batch statistics see all three views, as in FixMatch."""
+    """FixMatch on [labelled; weak; strong] views through one head (docs/methods.md, SPICE:
+    SPICE-Semi), in one forward pass: a backbone's batch statistics see all three views, as in
+    FixMatch."""
     lb, ub = len(batch["xl"]), len(batch["weak"])
     out = model(torch.cat([batch["xl"], batch["weak"], batch["strong"]]))[0]
     return fixmatch_loss(
@@ -237,6 +239,24 @@ def _semi_step(model: nn.Module, batch: dict[str, Tensor], cfg: SpiceConfig):
         cfg.semi_threshold,
         cfg.semi_unlabelled_weight,
     )
+
+
+def _search_space(
+    trial: Any, setting: str = "clustering", kmax: int = DEFAULT_KMAX, num_clusters: int = 10
+) -> dict[str, Any]:
+    """SPICE (docs/methods.md, SPICE: search space): the consistency ratio eta (0.9-0.99 in
+    SPICE's configs), the reliable-neighbour count N_s (the sample included, at most kmax + 1)
+    and the confidence threshold."""
+    # deviation: eta is searched from 0.5, below the configs' 0.9 / 0.99, so a set where few
+    # rows reach 0.9 agreement on cached embeddings still gets a reliable set; the label-free
+    # objective decides between them.
+    return {
+        "consistency_ratio": trial.suggest_float("consistency_ratio", 0.5, 0.99),
+        "reliable_neighbors": trial.suggest_int(
+            "reliable_neighbors", min(5, kmax), kmax + 1, log=True
+        ),
+        "confidence_threshold": trial.suggest_float("confidence_threshold", 0.9, 0.999),
+    }
 
 
 class Spice(ClusteringMethod):
@@ -255,6 +275,8 @@ class Spice(ClusteringMethod):
         "consistency_ratio": 0.5,
         "reliable_neighbors": 5,
     }
+    laptop = {}  # laptop fidelity (CPU-only clusters) trains as full
+    search_space = staticmethod(_search_space)
 
     def fit(self, inputs: FitInputs, hooks: loop.LoopHooks | None = None) -> dict[str, float]:
         hooks = hooks or loop.LoopHooks()
@@ -286,8 +308,8 @@ class Spice(ClusteringMethod):
             .eval()
         )
         # label-free head selection: pseudo-label CE on the whole set
-        # deviation: SPICE keeps the minimum over heads and epochs (checkpoint_select, spec
-        # 6.5); here over the heads of the last epoch only (no per-epoch head snapshots).
+        # deviation: SPICE keeps the minimum over heads and epochs (its checkpoint_select);
+        # here over the heads of the last epoch only (no per-epoch head snapshots).
         with torch.no_grad():
             logits = heads(feats)
             ces = []
@@ -309,8 +331,8 @@ class Spice(ClusteringMethod):
         balanced = balance_reliable(reliable, pred, k, gen, cfg.balance)
         fallback = "none"
         if not balanced.any():
-            # spec 6.8: guard the empty set (balance=smallest: one cluster without reliable
-            # rows empties it; median: more than half of them)
+            # docs/methods.md, SPICE: empty-set fallback (balance=smallest: one cluster without
+            # reliable rows empties it; median: more than half of them)
             fallback = "unbalanced" if reliable.any() else "top_confident"
             if reliable.any():
                 balanced = reliable

@@ -1,6 +1,7 @@
-"""Semi-supervised k-means, GCD's baseline (Vaze et al., CVPR 2022; shared/spec/gcd.md 4):
-labelled images stay with their class centroid, the remaining centroids start by k-means++ on
-the unlabelled images, and every centroid moves with the images assigned to it."""
+"""Semi-supervised k-means, GCD's baseline (Vaze et al., CVPR 2022; docs/methods.md,
+Semi-supervised k-means): labelled images stay with their class centroid, the remaining
+centroids start by k-means++ on the unlabelled images, and every centroid moves with the images
+assigned to it."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ class SSKMeans(ClusteringMethod):
     Config = SSKMeansConfig
     objective = "inertia"  # labelled rows to their class centroid + unlabelled to the nearest
     search_objective = ("inertia", "min")  # nothing to search at fixed k (empty space)
+    # k is fixed by the benchmark and restarts only trade time for inertia: nothing to search
+    search_space = None
+    laptop = {}  # laptop fidelity (CPU-only clusters) trains as full
     settings = frozenset({"gcd"})
     gcd_labels = True
     smoke = {"n_init": 2, "max_iter": 20}

@@ -1,9 +1,10 @@
 """UNIC: positive-neighbour sampling with second-order cleaning, negative-neighbour mining and a
 single clustering head (Jayatilaka, Shrivastava, Gwilliam, arXiv 2503.14500, 2025).
 
-Design and every [inferred] choice: ``shared/spec/unic.md`` (sections cited inline). Two modes
-on the one loop: **cached** (a head on frozen embeddings; what sweeps run) and **finetune** (the
-last backbone blocks + the head, on augmented images, warm-started from a cached-mode head).
+Design and every choice the paper leaves open: docs/methods.md, UNIC (sections cited inline).
+Two modes on the one loop: **cached** (a head on frozen embeddings; what sweeps run) and
+**finetune** (the last backbone blocks + the head, on augmented images, warm-started from a
+cached-mode head).
 Labels are never read (``uses_labels = False``; the runner strips them).
 """
 
@@ -14,13 +15,13 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from deepclust.config import CheckedChoices, Count, Fraction, Rate
+from deepclust.config import CheckedChoices, Count, Fraction, Rate, choices
 from deepclust.errors import UserError
 from deepclust.neighbors import (
     CleanRule,
@@ -41,7 +42,7 @@ from trainables.losses.neighbors import (
     probs,
     supervised_term,
 )
-from trainables.methods.base import ClusteringMethod, FitInputs
+from trainables.methods.base import DEFAULT_KMAX, ClusteringMethod, FitInputs
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ GcdNegSource = Literal["mined", "labels", "both"]
 
 @dataclass(frozen=True)
 class UnicConfig(CheckedChoices):
-    # --- positives (spec sections 3-4) ---
+    # --- positives (docs/methods.md, UNIC: positives and UNIC: cleaning) ---
     pos_k: Count | None = None  # None: min(20, N // (2C)), half the expected class size at most
     clean_rule: CleanRule = "pair_overlap"
     clean_m: Count | None = None  # second-order list length; None: pos_k
@@ -61,19 +62,19 @@ class UnicConfig(CheckedChoices):
     spread_drop_frac: Fraction = 0.2  # anchor_spread only
     empty_policy: EmptyPolicy = "skip"  # skip masks the positive term; self; top1
     pos_weighting: PosWeighting = "uniform"  # shared: probability ~ shared count
-    # --- negatives (spec section 5) ---
+    # --- negatives (docs/methods.md, UNIC: negatives) ---
     neg_rule: NegRule = "far_rank"
     neg_min_rank_frac: Fraction = 0.9  # rho: negatives come from outside the nearest rho*(N-1)
     neg_exclude_shared: bool = True
     n_neg: Count = 1
     neg_ref_size: Count = 4096  # reference sample for the rank threshold
     neg_tries: Count = 8
-    # --- loss (spec section 7) ---
+    # --- loss (docs/methods.md, UNIC: loss) ---
     w_pos: float = 1.0
     w_neg: float = 1.0
     w_ent: float = 5.0  # SCAN's entropy weight
-    # --- head (spec section 6) ---
-    # deviation: the spec's default head is Linear(d, C) with "mlp" for ablations. The MLP
+    # --- head (docs/methods.md, UNIC: head) ---
+    # deviation: the design's default head is Linear(d, C) with "mlp" for ablations. The MLP
     # (d -> 512 -> C, GELU) was chosen on the dev set (5,000 GCD-labelled CIFAR-10 train
     # images, never scored; K=5, k-means 64.74): bench/dev_defaults.py, one head, ACC seeds
     # 0 / 1 / 2: mlp 77.94 / 76.28 / 70.36 (74.86 +- 3.25), linear 74.50 / 55.68 / 60.42
@@ -85,18 +86,18 @@ class UnicConfig(CheckedChoices):
     # SCAN keeps its lowest-loss head. It is off by default, as in the paper (R restarts cost
     # R times one); no accuracy on any data chose this default.
     num_heads: Count = 1
-    # --- cached-mode training (spec section 8) ---
+    # --- cached-mode training (docs/methods.md, UNIC: training) ---
     lr: Rate = 1e-3
     weight_decay: float = 1e-4
-    # deviation: the spec trains 512 anchors per step for at least 20k steps. A fixed 512 is
+    # deviation: the design trains 512 anchors per step for at least 20k steps. A fixed 512 is
     # most of a small set (1,797 digits: 4 steps per epoch), so the batch scales with N,
-    # clamp(N // 80, 32, 512), reaching the spec's 512 from N = 40,960 on; and with those
+    # clamp(N // 80, 32, 512), reaching the design's 512 from N = 40,960 on; and with those
     # smaller batches 8000 steps (at least 100 epochs) stand in for 20k to keep CPU runs short.
     # A scale rule in N set for small sets and run time, not tuned on any label.
     batch_size: Count | None = None  # None: clamp(N // 80, 32, 512) anchors per step
     epochs: Count | None = None  # None: 100 epochs over the anchors, at least min_steps steps
     min_steps: int = 8000  # small sets need many small steps to converge
-    # --- finetune mode (spec section 8) ---
+    # --- finetune mode (docs/methods.md, UNIC: finetune mode) ---
     finetune: bool = False
     unfreeze_last_blocks: int = 1
     ft_lr: Rate = 0.1
@@ -105,19 +106,19 @@ class UnicConfig(CheckedChoices):
     ft_epochs: Count = 50
     augment: Augment = "simgcd"
     init_head_from_cached: bool = True
-    # deviation: the spec's refresh_neighbors_every option (re-mine every n epochs) is not
+    # deviation: the design's refresh_neighbors_every option (re-mine every n epochs) is not
     # implemented; its default, never re-mine, is what runs.
-    # --- GCD (spec section 9; used only when labelled images are given) ---
+    # --- GCD (docs/methods.md, UNIC: GCD mode; used only when labelled images are given) ---
     # labelled anchors' positives: same-label labelled rows, both lists, or mined only.
     # deviation: "labels+mined" draws uniformly from the concatenation of the two lists, so a
-    # row in both counts twice (the spec's union); it keeps the draw O(1) per anchor.
+    # row in both counts twice (the design asks for their union); it keeps the draw O(1) per anchor.
     gcd_pos_labelled: GcdPosSource = "labels"
     # labels: other-label labelled rows (labelled anchors only); both: a 50/50 mix
     gcd_neg_source: GcdNegSource = "mined"
     gcd_label_constraints: bool = True  # labels veto mined positives/negatives that contradict
     # weight of a CE on labelled anchors, Old class i (in sorted order) fixed to cluster i
     w_sup: float = 0.0
-    # deviation: the spec's balance_labelled option (SimGCD's sampler weighting labelled and
+    # deviation: the design's balance_labelled option (SimGCD's sampler weighting labelled and
     # unlabelled images equally) is not implemented; its default, uniform anchors, runs.
 
 
@@ -132,8 +133,8 @@ def resolve_scale(cfg: UnicConfig, n: int, num_clusters: int, kmax: int) -> Unic
 
 
 def validate(cfg: UnicConfig, kmax: int, num_clusters: int) -> None:
-    """One-line errors naming the field (spec 12.9). Choice fields are checked by their
-    Literal types when the config is built (deepclust.config.check_choices)."""
+    """One-line errors naming the field (docs/methods.md, UNIC: errors). Choice fields are
+    checked by their Literal types when the config is built (deepclust.config.check_choices)."""
     if num_clusters < 2:
         raise UserError(f"num_clusters={num_clusters}: UNIC needs at least 2 clusters")
     for name in ("pos_k", "clean_m"):
@@ -236,10 +237,11 @@ class _CachedSteps:
 
 
 def unic_step(model: nn.Module, batch: dict[str, Tensor], cfg: UnicConfig) -> tuple[Tensor, dict]:
-    """One forward over [anchors; positives; negatives] and the UNIC loss (spec section 7).
+    """One forward over [anchors; positives; negatives] and the UNIC loss (docs/methods.md,
+    UNIC: loss).
 
     # deviation: under DDP the entropy term uses each worker's local batch mean, not the
-    # spec's all-gathered global mean (identical with one worker; close for large batches).
+    # design's all-gathered global mean (identical with one worker; close for large batches).
     """
     anchors, positives = batch["anchor"], batch["positive"]
     parts = [anchors, positives] + ([batch["negative"]] if "negative" in batch else [])
@@ -264,23 +266,69 @@ def unic_step(model: nn.Module, batch: dict[str, Tensor], cfg: UnicConfig) -> tu
     return total, sums
 
 
+def _search_space(
+    trial: Any, setting: str = "clustering", kmax: int = DEFAULT_KMAX, num_clusters: int = 10
+) -> dict[str, Any]:
+    """UNIC (docs/methods.md, UNIC: search space): neighbourhood, cleaning, negatives, loss
+    weights, lr (+ GCD sources).
+
+    Choice fields searched over all their values (read from the config's Literal types):
+    clean_rule, neg_rule and, in GCD, gcd_pos_labelled and gcd_neg_source. Not searched
+    (ablation options, defaults kept): head, input_norm, empty_policy,
+    pos_weighting, and augment (finetune mode only; searches run cached mode).
+    """
+    pos_k = trial.suggest_int("pos_k", min(5, kmax), kmax, log=True)
+    out: dict[str, Any] = {"pos_k": pos_k}
+    out["clean_rule"] = trial.suggest_categorical(
+        "clean_rule", list(choices(UnicConfig, "clean_rule"))
+    )
+    if out["clean_rule"] != "none":
+        # clean_m in {pos_k, 2 pos_k} (capped by the mined table); an int range with a
+        # step of pos_k, since Optuna's categorical choices cannot depend on another parameter
+        top = min(2 * pos_k, kmax)
+        out["clean_m"] = trial.suggest_int("clean_m", pos_k, top, step=max(1, top - pos_k))
+    if out["clean_rule"] in ("pair_overlap", "votes"):
+        out["min_shared_frac"] = trial.suggest_float("min_shared_frac", 0.0, 0.6)
+    if out["clean_rule"] == "anchor_spread":
+        out["spread_drop_frac"] = trial.suggest_float("spread_drop_frac", 0.0, 0.5)
+    out["neg_rule"] = trial.suggest_categorical("neg_rule", list(choices(UnicConfig, "neg_rule")))
+    if out["neg_rule"] == "far_rank":
+        # rho in {0, 2/C, 0.25, 0.5, 0.9, 0.99}; C is fixed within a search (study)
+        rhos = sorted({0.0, round(2 / num_clusters, 4), 0.25, 0.5, 0.9, 0.99})
+        out["neg_min_rank_frac"] = trial.suggest_categorical("neg_min_rank_frac", rhos)
+    if out["neg_rule"] != "none":
+        out["n_neg"] = trial.suggest_categorical("n_neg", [1, 4])
+        out["w_neg"] = trial.suggest_float("w_neg", 0.1, 3.0, log=True)
+    out["w_ent"] = trial.suggest_float("w_ent", 1.0, 10.0)
+    out["lr"] = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+    if setting == "gcd":
+        for name in ("gcd_pos_labelled", "gcd_neg_source"):
+            out[name] = trial.suggest_categorical(name, list(choices(UnicConfig, name)))
+    return out
+
+
 class Unic(ClusteringMethod):
     Config = UnicConfig
     needs = frozenset({"embeddings", "neighbors"})
     trainable = True
-    # spec section 10: raw top-5 consistency + random-partner separation - H(mean prediction)
+    # docs/methods.md, UNIC: model selection: raw top-5 consistency + random-partner
+    # separation - H(mean prediction)
     objective = "selection_score"
     search_objective = ("selection_score", "min")  # fixed anchors, raw top-5: config-free
     reports_objective = True
     smoke = {"epochs": 10, "num_heads": 2}
-    gcd_labels = True  # GCD: labelled images are ground-truth neighbours (spec 9)
+    gcd_labels = True  # GCD: labelled images are ground-truth neighbours (UNIC: GCD mode)
+    # deviation: laptop fidelity (CPU-only clusters) drops the 8,000-step floor of small sets;
+    # the run keeps its 100 epochs (search_spaces/budgets.py)
+    laptop = {"min_steps": 0}
+    search_space = staticmethod(_search_space)
 
     def _prepare(self, inputs: FitInputs) -> tuple[UnicConfig, PairSampler]:
         n, kmax = inputs.neighbors.shape
         cfg = resolve_scale(self.config, n, inputs.num_clusters, kmax)
         validate(cfg, kmax, inputs.num_clusters)
         labels, labelled, veto = None, None, None
-        if inputs.labelled_idx is not None and len(inputs.labelled_idx):  # GCD (spec 9)
+        if inputs.labelled_idx is not None and len(inputs.labelled_idx):  # GCD
             labels = np.full(n, -1, dtype=np.int64)
             labels[inputs.labelled_idx] = inputs.labelled_y
             labelled = LabelledPool(labels)
@@ -393,8 +441,9 @@ class Unic(ClusteringMethod):
         cached_loop: loop.LoopConfig,
         hooks: loop.LoopHooks,
     ) -> nn.Module:
-        """Spec section 8, finetune mode: warm-start the head on embeddings, then train the last
-        backbone blocks + head on augmented images of anchors, positives and negatives."""
+        """docs/methods.md, UNIC: finetune mode: warm-start the head on embeddings, then train
+        the last backbone blocks + head on augmented images of anchors, positives and
+        negatives."""
         from trainables.finetune import finetune_model
 
         cfg = self.resolved
@@ -442,7 +491,7 @@ class Unic(ClusteringMethod):
 
     @torch.no_grad()
     def selection_score(self, inputs: FitInputs, features: np.ndarray | None = None) -> float:
-        """Label-free model selection (spec section 10); lower is better.
+        """Label-free model selection (docs/methods.md, UNIC: model selection); lower is better.
 
         Fixed 10k anchors (seed 0): mean -log<p_i, p_j> over raw top-5 neighbours (of the mined
         table), plus -log(1 - <p_i, p_r>) for one fixed random partner, minus H(mean p).

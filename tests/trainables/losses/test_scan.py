@@ -1,4 +1,5 @@
-"""SCAN and self-labelling losses: the spec's derived values, a naive oracle, invariances."""
+"""SCAN and self-labelling losses: values derived in numpy from the official definitions, a
+naive oracle, invariances."""
 
 import itertools
 import math

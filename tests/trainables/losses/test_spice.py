@@ -1,4 +1,5 @@
-"""SPICE: prototype pseudo-labels and reliability on the spec's vectors, naive oracles."""
+"""SPICE: prototype pseudo-labels and reliability on vectors derived in numpy from the official
+definitions, naive oracles."""
 
 import itertools
 import math
