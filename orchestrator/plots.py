@@ -11,9 +11,11 @@
     each bar labelled with its config hash when there are several.
 
   Accuracy is only ever the bar's height, never what picks the bar.
-* ``unic_k.png``: UNIC against its positive-neighbour count: left, ACC of every honest UNIC
-  run in the store; right, the search objective of every honest UNIC trial (what the search
-  saw). Oracle runs and trials are left out of both.
+* ``unic_k.png``: UNIC against its positive-neighbour count: ACC of every honest UNIC run in
+  the store, and the search objective of every honest UNIC trial (what the search saw); each
+  panel only where its points span two or more counts. Oracle runs and trials are left out.
+
+Legends sit to the right of the axes, never over the data.
 """
 
 from __future__ import annotations
@@ -114,28 +116,44 @@ def write_plots(store: ArtifactStore, table: pd.DataFrame, runs: list[dict[str, 
     ]
     unic_runs = [u for u in unic_runs if u[0] is not None]
     trials = _unic_trials(store)
-    if not unic_runs and not trials:
+    # a panel against pos_k says something only where pos_k varies: a default run (one pos_k)
+    # draws none, and with no panel left there is no plot (nor one left from an earlier build)
+    panels = [kind for kind, pts in (("runs", unic_runs), ("trials", trials)) if _spread(pts)]
+    if not panels:
+        plot_paths(store)[1].unlink(missing_ok=True)
         return
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for bench in sorted({b for _, _, b in unic_runs}):
-        pts = sorted((k, a) for k, a, b in unic_runs if b == bench)
-        left.plot([k for k, _ in pts], [100 * a for _, a in pts], "o", label=bench)
-    left.set_xlabel("positive neighbours (pos_k)")
-    left.set_ylabel("ACC (%)")
-    left.set_title("UNIC runs")
-    if unic_runs:
-        left.legend(fontsize=7)
-    for metric in sorted({m for _, _, m in trials}):
-        pts = [(k, v) for k, v, m in trials if m == metric]
-        right.plot([k for k, _ in pts], [v for _, v in pts], "x", label=metric)
-    right.set_xlabel("positive neighbours (pos_k)")
-    right.set_ylabel("search objective")
-    right.set_title("UNIC trials (degenerate ones omitted)")
-    if trials:
-        right.legend(fontsize=7)
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, kind in zip(axes[0], panels, strict=True):
+        if kind == "runs":
+            for bench in sorted({b for _, _, b in unic_runs}):
+                pts = sorted((k, a) for k, a, b in unic_runs if b == bench)
+                ax.plot([k for k, _ in pts], [100 * a for _, a in pts], "o", label=bench)
+            ax.set_ylabel("ACC (%)")
+            ax.set_title("UNIC runs")
+        else:
+            for metric in sorted({m for _, _, m in trials}):
+                pts = [(k, v) for k, v, m in trials if m == metric]
+                ax.plot([k for k, _ in pts], [v for _, v in pts], "x", label=metric)
+            ax.set_ylabel("search objective")
+            ax.set_title("UNIC trials (degenerate ones omitted)")
+        ax.set_xlabel("positive neighbours (pos_k)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _legend_outside(ax)
     fig.tight_layout()
-    fig.savefig(plot_paths(store)[1], dpi=120)
+    fig.savefig(plot_paths(store)[1], dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def _spread(points: list[tuple]) -> bool:
+    """At least two distinct pos_k values among ``points`` (pos_k first in each)."""
+    return len({p[0] for p in points}) >= 2
+
+
+def _legend_outside(ax) -> None:
+    """The legend to the right of the axes, never over the data."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
 def _acc_plot(plt, bars: pd.DataFrame, path: Path) -> None:
@@ -161,7 +179,8 @@ def _acc_plot(plt, bars: pd.DataFrame, path: Path) -> None:
     ax.set_xticklabels([f"{b}\n{s}" for s, b, _ in groups], fontsize=8)
     ax.set_ylabel("ACC (%)")
     ax.set_title("Clustering accuracy (mean ± std over seeds; oracle rows left out)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_ylim(0, 100)
+    _legend_outside(ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

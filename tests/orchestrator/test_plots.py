@@ -23,7 +23,7 @@ def _key(config_hash, method="unic", oracle=False):
     }
 
 
-def _run(config_hash, seed, acc, method="unic", oracle=False):
+def _run(config_hash, seed, acc, method="unic", oracle=False, pos_k=5):
     return {
         **_key(config_hash, method, oracle),
         "seed": seed,
@@ -32,8 +32,8 @@ def _run(config_hash, seed, acc, method="unic", oracle=False):
         "ari": acc / 3,
         "objective": "selection_score",
         "n_eval": 10,
-        "config": {"pos_k": 5},
-        "diagnostics": {"pos_k": 5},
+        "config": {"pos_k": pos_k},
+        "diagnostics": {"pos_k": pos_k},
     }
 
 
@@ -54,8 +54,8 @@ def _runs():
     return [
         _run("c1", 0, 0.4),
         _run("c1", 1, 0.6),
-        _run("c2", 0, 0.8),
-        _run("c3", 0, 0.9),
+        _run("c2", 0, 0.8, pos_k=10),
+        _run("c3", 0, 0.9, pos_k=20),
         _run("c1", 0, 0.97, oracle=True),
         _run("c4", 0, 0.99, oracle=True),
     ]
@@ -120,15 +120,16 @@ def test_write_plots_draws_the_chosen_rows(tmp_path, monkeypatch):
 
 def test_unic_k_leaves_oracle_runs_and_trials_out(tmp_path, monkeypatch):
     store = ArtifactStore(tmp_path)
-    for name, last in [
-        ("unic-honest/t0", {"selection_score": 0.3}),
-        ("unic-oracle/t0", {"selection_score": 0.2, "oracle_acc": 0.9}),
+    for name, pos_k, last in [
+        ("unic-honest/t0", 5, {"selection_score": 0.3}),
+        ("unic-honest/t1", 10, {"selection_score": 0.4}),
+        ("unic-oracle/t0", 20, {"selection_score": 0.2, "oracle_acc": 0.9}),
     ]:
         trial = tmp_path / "tune" / name
         trial.mkdir(parents=True)
-        (trial / "params.json").write_text(json.dumps({"pos_k": 5}))
+        (trial / "params.json").write_text(json.dumps({"pos_k": pos_k}))
         (trial / "result.json").write_text(json.dumps(last) + "\n")
-    assert plots._unic_trials(store) == [(5, 0.3, "selection_score")]
+    assert plots._unic_trials(store) == [(5, 0.3, "selection_score"), (10, 0.4, "selection_score")]
 
     import matplotlib.axes
 
@@ -145,4 +146,18 @@ def test_unic_k_leaves_oracle_runs_and_trials_out(tmp_path, monkeypatch):
     left = sorted(y for ax, ys in seen if ax is left_axes for y in ys)
     right = [y for ax, ys in seen if ax is not left_axes for y in ys]
     assert left == [40.0, 60.0, 80.0, 90.0]  # the honest UNIC runs' ACC; no oracle run
-    assert right == [0.3]  # the honest trial's objective; no oracle trial
+    assert right == [0.3, 0.4]  # the honest trials' objectives; no oracle trial
+
+
+def test_unic_k_draws_only_panels_whose_points_span_several_counts(tmp_path):
+    """A default run has one pos_k: a plot of it against pos_k is one dot, so there is none
+    (and a stale one from an earlier build goes); with several counts the panel is drawn."""
+    store = ArtifactStore(tmp_path)
+    path = plots.plot_paths(store)[1]
+    path.write_bytes(b"stale")
+    one_k = [_run("c1", 0, 0.4), _run("c1", 1, 0.6)]
+    plots.write_plots(store, build_table(one_k, [_record("c1", 1.0)]), one_k)
+    assert not path.exists()
+    two_k = [*one_k, _run("c2", 0, 0.8, pos_k=10)]
+    plots.write_plots(store, build_table(two_k, [_record("c1", 1.0)]), two_k)
+    assert path.stat().st_size > 1000
