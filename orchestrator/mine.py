@@ -9,7 +9,7 @@ GPU when the cluster has one), so no merge is needed. Two ways to reach the data
   the features to one ``.npy`` in the stage's temporary folder (under ``--output``, shared
   storage on clusters), and each shard runs :func:`deepclust.knn_stream.mine_knn_npy` on its
   query range: query x database blocks in a fixed memory budget, neighbours appended to the
-  shard's own ``.npy`` block by block (peak-memory formula: ``deepclust/knn_stream.py``). On
+  shard's own ``.npy`` block by block (peak-memory formula: docs/scaling.md). On
   CUDA the tiles are bf16 GEMMs whose candidates are re-scored in fp32 and certified exact
   row by row.
 

@@ -70,6 +70,13 @@ class LoopHooks:
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
 
 
+def warm_start_hooks(hooks: LoopHooks, finetune: bool) -> LoopHooks:
+    """The hooks of a run's cached-embedding stage: the run's own, or, when that stage only
+    warm-starts a finetune run, local ones (no DDP, no reports), so every worker trains the
+    same warm start."""
+    return LoopHooks(device=hooks.device) if finetune else hooks
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

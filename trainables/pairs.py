@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from deepclust.errors import UserError
-from trainables.loop import epoch_generator
+from trainables.loop import LoopHooks, epoch_generator
 
 
 def check_k(name: str, k: int, kmax: int) -> None:
@@ -75,6 +75,22 @@ class PairSteps:
     ) -> None:
         self.features, self.pairs, self.batch = features, pairs, batch
         self.seed, self.rank, self.step, self.repeats = seed, rank, step, repeats
+
+    @classmethod
+    def sharded(
+        cls,
+        features: Tensor,
+        pairs: NeighborPairs,
+        batch: int,
+        seed: int,
+        hooks: LoopHooks,
+        step: Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict]],
+        repeats: int = 1,
+    ) -> PairSteps:
+        """Each of the run's DDP workers (``hooks``) draws its share of
+        ``batch`` anchors from its own stream."""
+        share = max(1, batch // hooks.world_size)
+        return cls(features, pairs, share, seed, hooks.world_rank, step, repeats)
 
     def batches(self, epoch: int, steps: int) -> Iterator[dict[str, Tensor]]:
         gen = epoch_generator(self.seed, self.rank, epoch)

@@ -15,8 +15,6 @@ from deepclust.knn import (
 from deepclust.knn_stream import (
     HEADER_BYTES,
     FeatureFile,
-    _low_copy,
-    _split_norms,
     knn_self_blockwise,
     mine_knn_npy,
     non_candidate_bound,
@@ -25,6 +23,7 @@ from deepclust.knn_stream import (
     topc_grouped,
     write_features_npy,
 )
+from deepclust.knn_stream.certify import _low_copy, _split_norms
 
 BACKENDS = ["torch", "faiss"]
 

@@ -135,15 +135,9 @@ class Iic(ClusteringMethod):
         pairs = NeighborPairs(inputs.neighbors, cfg.num_neighbors, include_self=False)
         # deviation (finetune mode): the paper trains from scratch; here the sub-heads first
         # train on cached neighbour pairs and the selected one is finetuned with the backbone.
-        cached_hooks = loop.LoopHooks(device=hooks.device) if cfg.finetune else hooks
-        steps = PairSteps(
-            features,
-            pairs,
-            max(1, anchors // cached_hooks.world_size),
-            inputs.seed,
-            cached_hooks.world_rank,
-            self._step,
-            cfg.repeats,
+        cached_hooks = loop.warm_start_hooks(hooks, cfg.finetune)
+        steps = PairSteps.sharded(
+            features, pairs, anchors, inputs.seed, cached_hooks, self._step, cfg.repeats
         )
         model = IicModel(features.shape[1], inputs.num_clusters, cfg)
         self.model = loop.fit_cached(

@@ -103,15 +103,8 @@ class Scan(ClusteringMethod):
         # deviation: in finetune mode the heads first train on cached embeddings and only the
         # selected one is finetuned with the backbone (the paper trains one head with the
         # whole pretext network); the warm start runs locally, identical on every worker.
-        cached_hooks = loop.LoopHooks(device=hooks.device) if cfg.finetune else hooks
-        steps = PairSteps(
-            features,
-            pairs,
-            max(1, batch // cached_hooks.world_size),
-            inputs.seed,
-            cached_hooks.world_rank,
-            self._step,
-        )
+        cached_hooks = loop.warm_start_hooks(hooks, cfg.finetune)
+        steps = PairSteps.sharded(features, pairs, batch, inputs.seed, cached_hooks, self._step)
         trained = loop.fit_cached(
             model, steps, cached_hooks, epochs, steps_per_epoch, cfg.lr, cfg.weight_decay
         )

@@ -450,7 +450,7 @@ class Unic(ClusteringMethod):
         if inputs.images is None or inputs.backbone is None:
             raise UserError("finetune mode needs the fit split's images and backbone name")
         if cfg.init_head_from_cached:  # same seed on every worker -> identical warm starts
-            head = loop.fit(head, cached, cached_loop, loop.LoopHooks(device=hooks.device))
+            head = loop.fit(head, cached, cached_loop, loop.warm_start_hooks(hooks, True))
             head = self._select_head(head, inputs)
         elif isinstance(head, MultiHead):  # no warm start: keep the first restart
             head = head.heads[0]
