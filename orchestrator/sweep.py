@@ -20,39 +20,32 @@ one ``error:`` line); 130 on Ctrl-C. Everything already computed stays cached un
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
-import os
-import re
-import signal
 import sys
-import threading
 import time
-from pathlib import Path
 
 from deepclust.artifacts import ArtifactStore
-from deepclust.backbones import DEFAULT_BACKBONE, resolve_backbone
-from deepclust.datasets import DATASETS, DatasetUnavailable, resolve_dataset
+from deepclust.datasets import DATASETS
 from deepclust.errors import UserError
-from deepclust.knn import BACKENDS
-from orchestrator.ray_env import DEFAULT_CLUSTER_TIMEOUT_S
+from orchestrator.cli import (
+    DEFAULT_GCD_METHODS,
+    DEFAULT_METHODS,
+    add_common_arguments,
+    ray_session_for,
+    run_cli,
+    select_benchmarks,
+    settings_from_args,
+    split_csv,
+)
 from search_spaces import FIDELITIES
 from trainables.methods import METHODS
 
 log = logging.getLogger("orchestrator.sweep")
 
 
-# --methods without a search (--budget 0) keeps the short default: the baseline every method
-# must beat and the product's method (GCD: plus semi-supervised k-means, the GCD baseline).
-DEFAULT_METHODS = ("kmeans", "unic")
-DEFAULT_GCD_METHODS = ("kmeans", "sskmeans", "unic")
 # A search's default budget: trials per method and fidelity, by whether the cluster has GPUs
 # (2 trials on 2 cores: one round of two side by side; every method of digits in < 10 min)
 BUDGET_CPU, BUDGET_GPU = (2, "laptop"), (24, "full")
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,167 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_common_arguments(p: argparse.ArgumentParser, seeds: str = "0") -> None:
-    """Flags shared by the sweep and the single-run entry point."""
-    p.add_argument(
-        "--data-root",
-        default=os.environ.get("UNIC_DATA_ROOT", "data"),
-        help="folder holding the standard datasets (default: $UNIC_DATA_ROOT or ./data)",
-    )
-    p.add_argument(
-        "--download",
-        action="store_true",
-        help="let torchvision download missing standard datasets (needs internet)",
-    )
-    p.add_argument(
-        "--backbone",
-        default=DEFAULT_BACKBONE,
-        help=f"registered backbone or any timm name with tag (default: {DEFAULT_BACKBONE}, "
-        "offline)",
-    )
-    p.add_argument(
-        "--backbone-weights",
-        default=None,
-        help="local weights file for a timm backbone (air-gapped machines)",
-    )
-    p.add_argument(
-        "--output", default="results", help="artifacts, runs and leaderboard (default: ./results)"
-    )
-    p.add_argument("--seeds", default=seeds, help=f"comma-separated seeds (default: {seeds})")
-    p.add_argument(
-        "--setting",
-        default="clustering",
-        choices=("clustering", "gcd"),
-        help="clustering (no labels) or gcd: generalized category discovery on the train pool, "
-        "50%% of the Old-class images labelled (docs/gcd.md)",
-    )
-    p.add_argument(
-        "--gcd-val-frac",
-        type=float,
-        default=0.0,
-        help="GCD: hold out this fraction of each Old class's labelled images for model "
-        "selection (scored as val_acc, never trained on; default 0: headline runs)",
-    )
-    p.add_argument(
-        "--kmax", type=int, default=None, help="neighbours mined per image (default: min(50, N-1))"
-    )
-    p.add_argument("--knn-backend", default="auto", choices=BACKENDS)
-    p.add_argument(
-        "--knn-shards",
-        type=int,
-        default=0,
-        help="Ray tasks the kNN queries are split over (default: one per GPU, else 1)",
-    )
-    p.add_argument("--batch-size", type=int, default=64, help="images per embedding batch")
-    p.add_argument(
-        "--ray-address",
-        default=None,
-        help="join this Ray cluster (default: $RAY_ADDRESS, else start a local one)",
-    )
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
-    p.add_argument(
-        "--gpus",
-        type=int,
-        default=None,
-        help="plan for N GPUs (embedding actors, kNN shards, trials at once) on a cluster "
-        "without an autoscaler config; 0 runs everything on CPUs (default: what the "
-        "autoscaler can grow the cluster to, else the GPUs alive)",
-    )
-    p.add_argument(
-        "--cluster-timeout",
-        type=float,
-        default=DEFAULT_CLUSTER_TIMEOUT_S,
-        help="seconds to wait for the first node that can run the work to join "
-        f"(default: {DEFAULT_CLUSTER_TIMEOUT_S})",
-    )
-    p.add_argument(
-        "--cpu-workers",
-        action="store_true",
-        help="train on CPUs (Ray Train workers with gloo, trials and seed runs without a GPU) "
-        "even where the cluster has GPUs",
-    )
-    p.add_argument("-v", "--verbose", action="store_true")
-
-
-def _parse_seeds(text: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(int(s) for s in _csv(text))
-    except ValueError:
-        raise UserError(f"--seeds must be comma-separated integers, got '{text}'") from None
-    if not seeds:
-        raise UserError("--seeds is empty; give at least one integer seed")
-    return seeds
-
-
-def _settings(args: argparse.Namespace, explicit_root: bool):
-    from orchestrator.pipeline import SweepSettings
-
-    setting = getattr(args, "setting", "clustering")
-    in_setting = [n for n in METHODS.names() if setting in METHODS.get(n).settings]
-    searching = getattr(args, "budget", 0) != 0 or getattr(args, "smoke_test", False)
-    requested = args.methods or (
-        "all"
-        if searching
-        else ",".join(DEFAULT_GCD_METHODS if setting == "gcd" else DEFAULT_METHODS)
-    )
-    methods = tuple(in_setting) if requested == "all" else tuple(_csv(requested))
-    for m in methods:
-        if setting not in METHODS.get(m).settings:
-            raise UserError(
-                f"method '{m}' does not run in the {setting} setting "
-                f"(it runs in: {', '.join(sorted(METHODS.get(m).settings))}); add --setting "
-                f"{sorted(METHODS.get(m).settings)[0]} or drop it"
-            )
-    if not methods:
-        raise UserError("--methods is empty; valid: " + ", ".join(in_setting))
-    if not 0.0 <= args.gcd_val_frac < 1.0:
-        raise UserError(f"--gcd-val-frac must be in [0, 1), got {args.gcd_val_frac}")
-    resolve_backbone(args.backbone)
-    data_root = Path(args.data_root).expanduser()
-    if explicit_root and not data_root.is_dir() and not args.download:
-        raise UserError(f"data root {data_root} does not exist; fix --data-root or add --download")
-    if args.kmax is not None and args.kmax < 1:
-        raise UserError(f"--kmax must be >= 1, got {args.kmax}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    return SweepSettings(
-        data_root=data_root,
-        download=args.download,
-        output=Path(args.output).resolve(),  # Ray workers run elsewhere
-        backbone=args.backbone,
-        weights_file=args.backbone_weights,
-        methods=methods,
-        seeds=_parse_seeds(args.seeds),
-        kmax=args.kmax,
-        knn_backend=args.knn_backend,
-        knn_shards=args.knn_shards,
-        batch_size=args.batch_size,
-        setting=setting,
-        gcd_val_frac=args.gcd_val_frac,
-        train_on_gpu=not args.cpu_workers,
-    )
-
-
-def _select(benchmark: str, settings) -> tuple[list, list[tuple[str, str]]]:
-    """(loaded benchmark splits, skipped [(name, reason)]). 'all' skips missing data;
-    an explicitly named benchmark with missing data is an error."""
-    from orchestrator.pipeline import load_splits
-
-    names = DATASETS.names() if benchmark == "all" else _csv(benchmark)
-    if not names:
-        raise UserError("--benchmark is empty; use 'all' or NAME[,NAME]")
-    specs = [resolve_dataset(n) for n in names]  # unknown names fail before any loading
-    chosen, skipped = [], []
-    for spec in specs:
-        try:
-            chosen.append(load_splits(spec, settings))
-        except DatasetUnavailable as exc:
-            if benchmark != "all":
-                raise
-            skipped.append((spec.name, str(exc)))
-    return chosen, skipped
-
-
 def _check_search_flags(args: argparse.Namespace) -> None:
     if args.budget is not None and args.budget < 0:
         raise UserError(f"--budget must be >= 0 trials, got {args.budget}")
@@ -283,7 +115,7 @@ def _check_search_flags(args: argparse.Namespace) -> None:
     if args.oracle and args.budget == 0:
         raise UserError("--oracle ranks a search's trials; drop it or give --budget > 0")
     if args.smoke_test:
-        args.seeds = _csv(args.seeds)[0] if _csv(args.seeds) else "0"
+        args.seeds = split_csv(args.seeds)[0] if split_csv(args.seeds) else "0"
 
 
 def search_options(args: argparse.Namespace, ray_session, seed: int):
@@ -309,23 +141,12 @@ def search_options(args: argparse.Namespace, ray_session, seed: int):
     )
 
 
-def ray_session_for(args: argparse.Namespace):
-    """The RaySession the CLI flags describe (Ray itself starts on first need)."""
-    from orchestrator.ray_env import RaySession
-
-    if args.gpus is not None and args.gpus < 0:
-        raise UserError(f"--gpus must be >= 0, got {args.gpus}")
-    if args.cluster_timeout <= 0:
-        raise UserError(f"--cluster-timeout must be > 0 seconds, got {args.cluster_timeout}")
-    return RaySession(args.ray_address, args.num_cpus, args.gpus, args.cluster_timeout)
-
-
 def run(args: argparse.Namespace, explicit_root: bool) -> int:
     _check_search_flags(args)
-    settings = _settings(args, explicit_root)
+    settings = settings_from_args(args, explicit_root)
     t0 = time.perf_counter()
     ArtifactStore.check_writable(settings.output)  # before any data is read or Ray starts
-    chosen, skipped = _select(args.benchmark, settings)
+    chosen, skipped = select_benchmarks(args.benchmark, settings)
     for name, reason in skipped:
         log.info("skipped %s: %s", name, reason)
     store = ArtifactStore(settings.output)
@@ -393,89 +214,6 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
         )
         return 1
     return 0
-
-
-# a full disk, a quota, a read-only filesystem, permissions: the environment, not a bug
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-_REMOTE_USER_ERROR = re.compile(r"deepclust\.errors\.\w+: (.+)")
-
-
-def _user_error_in(exc: BaseException) -> str | None:
-    """The message of the UserError behind ``exc``, also when Ray wrapped it (a task error
-    keeps the cause object; a dead actor keeps only its text)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, UserError) and type(exc).__module__.startswith("deepclust"):
-            return str(exc)
-        match = _REMOTE_USER_ERROR.search(str(exc))
-        if match:
-            return match.group(1).strip()
-        exc = getattr(exc, "cause", None) or exc.__cause__
-    return None
-
-
-def _watch_sigint() -> threading.Event:
-    """An event set by Ctrl-C, which still raises KeyboardInterrupt here as usual. Ctrl-C in a
-    terminal reaches the Ray processes this one started too, so a task or actor may fail
-    with it before the KeyboardInterrupt surfaces: that error is then the interrupt."""
-    event = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        return event
-
-    def handler(signum, frame):
-        event.set()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, handler)
-    return event
-
-
-def run_cli(parser: argparse.ArgumentParser, run_fn, argv: list[str] | None) -> int:
-    """Parse, set up logging, run; user errors become one line + exit 2, Ctrl-C exit 130."""
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader narrates AVX probing
-    argv_list = sys.argv[1:] if argv is None else argv
-    explicit_root = any(a == "--data-root" or a.startswith("--data-root=") for a in argv_list)
-    interrupted = _watch_sigint()
-    try:
-        return run_fn(args, explicit_root)
-    except KeyboardInterrupt:
-        again = "with --resume " if hasattr(args, "resume") else ""  # the train CLI resumes
-        print(
-            f"interrupted: finished stages and trials are kept under {args.output}; rerun the "
-            f"same command {again}to continue",
-            file=sys.stderr,
-        )
-        return 130
-    except OSError as exc:
-        if exc.errno not in _STORAGE_ERRNOS:
-            raise
-        where = f" writing {exc.filename}" if exc.filename else ""
-        print(
-            f"error: {exc.strerror}{where}; free space or fix the folder's permissions, then "
-            f"rerun the same command (finished stages under {args.output} are kept)",
-            file=sys.stderr,
-        )
-        return 2
-    except Exception as exc:
-        if interrupted.is_set():  # Ctrl-C reached a Ray worker first: its task failed with it
-            print(
-                f"interrupted: finished stages and trials are kept under {args.output}; rerun "
-                "the same command to continue",
-                file=sys.stderr,
-            )
-            return 130
-        message = _user_error_in(exc)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

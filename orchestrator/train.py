@@ -20,7 +20,13 @@ import time
 from deepclust.artifacts import ArtifactStore
 from deepclust.config import from_dict, parse_override
 from deepclust.errors import UserError
-from orchestrator.sweep import _select, _settings, add_common_arguments, ray_session_for, run_cli
+from orchestrator.cli import (
+    add_common_arguments,
+    ray_session_for,
+    run_cli,
+    select_benchmarks,
+    settings_from_args,
+)
 from trainables.methods import METHODS
 
 
@@ -102,7 +108,7 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
     from orchestrator.pipeline import BenchmarkSplits, MethodRun, run_benchmark
 
     args.methods, args.seeds = args.method, str(args.seed)
-    settings = _settings(args, explicit_root)
+    settings = settings_from_args(args, explicit_root)
     method_cls = METHODS.get(args.method)
     if args.finetune and not _has_finetune(args.method):
         with_mode = [n for n in METHODS.names() if _has_finetune(n)]
@@ -119,7 +125,7 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
     if args.workers > 1 and not method_cls.trainable:
         raise UserError(f"method '{args.method}' is not trained; drop --workers")
     ArtifactStore.check_writable(settings.output)
-    (splits,), _ = _select(args.benchmark, settings)
+    (splits,), _ = select_benchmarks(args.benchmark, settings)
     if args.subset:
         fit = splits.fit.subset(args.subset)
         ev = fit if splits.eval is splits.fit else splits.eval.subset(args.subset)

@@ -26,7 +26,6 @@ from trainables import objective, state_io
 from trainables.loop import LoopHooks
 
 log = logging.getLogger(__name__)
-STATE_FILE = "state.pt"
 
 
 def _resume_state() -> dict[str, Any] | None:
@@ -34,7 +33,7 @@ def _resume_state() -> dict[str, Any] | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        return state_io.load_state(Path(directory) / STATE_FILE)
+        return state_io.load_state(Path(directory) / state_io.CHECKPOINT_FILE)
 
 
 def train_worker(job: dict[str, Any]) -> None:
@@ -53,7 +52,7 @@ def train_worker(job: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if rank == 0:
-                state_io.save_state(state, Path(directory) / STATE_FILE)
+                state_io.save_state(state, Path(directory) / state_io.CHECKPOINT_FILE)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=checkpoint)  # every rank: it is a barrier
 

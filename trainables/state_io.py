@@ -33,6 +33,9 @@ import torch
 
 from deepclust.errors import UserError
 
+# a training checkpoint's payload (the loop's resume state), in Tune and Ray Train checkpoints
+CHECKPOINT_FILE = "state.pt"
+
 NUMPY_TAG = "__deepclust_ndarray__"
 GENERATOR_TAG = "__deepclust_generator__"
 _TAGS = (NUMPY_TAG, GENERATOR_TAG)

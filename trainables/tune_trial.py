@@ -31,15 +31,13 @@ from trainables import inputs as job_inputs
 from trainables import objective, state_io
 from trainables.loop import LoopHooks
 
-STATE_FILE = "state.pt"
-
 
 def _resume_state() -> dict[str, Any] | None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        return state_io.load_state(Path(directory) / STATE_FILE)
+        return state_io.load_state(Path(directory) / state_io.CHECKPOINT_FILE)
 
 
 def run_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
@@ -60,7 +58,7 @@ def _in_process(job: dict[str, Any]) -> None:
 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
-            state_io.save_state(state, Path(directory) / STATE_FILE)
+            state_io.save_state(state, Path(directory) / state_io.CHECKPOINT_FILE)
             tune.report(
                 objective.with_metric(metrics, metric, mode),
                 checkpoint=tune.Checkpoint.from_directory(directory),

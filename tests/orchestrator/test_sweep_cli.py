@@ -173,21 +173,24 @@ def test_methods_default_and_all(tmp_path):
     """A search (the default) covers every method of the setting; --budget 0 keeps the short
     unsearched default; 'all' expands to the registry's methods of the setting (GCD adds
     semi-supervised k-means)."""
-    from orchestrator.sweep import DEFAULT_GCD_METHODS, DEFAULT_METHODS, _settings, build_parser
+    from orchestrator.cli import DEFAULT_GCD_METHODS, DEFAULT_METHODS, settings_from_args
+    from orchestrator.sweep import build_parser
     from trainables.methods import METHODS
 
     parser = build_parser()
     clustering = tuple(n for n in METHODS.names() if n != "sskmeans")
-    default = _settings(parser.parse_args(["--benchmark", "digits"]), False)
+    default = settings_from_args(parser.parse_args(["--benchmark", "digits"]), False)
     assert default.methods == clustering and default.seeds == (0, 1, 2)
-    plain = _settings(parser.parse_args(["--benchmark", "digits", "--budget", "0"]), False)
+    plain = settings_from_args(parser.parse_args(["--benchmark", "digits", "--budget", "0"]), False)
     assert plain.methods == DEFAULT_METHODS and set(DEFAULT_METHODS) <= set(METHODS.names())
-    every = _settings(parser.parse_args(["--benchmark", "digits", "--methods", "all"]), False)
+    every = settings_from_args(
+        parser.parse_args(["--benchmark", "digits", "--methods", "all"]), False
+    )
     assert every.methods == clustering
     gcd = parser.parse_args(["--benchmark", "digits", "--setting", "gcd", "--budget", "0"])
-    assert _settings(gcd, False).methods == DEFAULT_GCD_METHODS
+    assert settings_from_args(gcd, False).methods == DEFAULT_GCD_METHODS
     gcd_all = parser.parse_args(["--benchmark", "digits", "--setting", "gcd", "--methods", "all"])
-    assert _settings(gcd_all, False).methods == tuple(METHODS.names())
+    assert settings_from_args(gcd_all, False).methods == tuple(METHODS.names())
 
 
 def test_a_failed_search_or_degenerate_run_makes_the_sweep_exit_1(tmp_path, monkeypatch, capsys):

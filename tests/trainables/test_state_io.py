@@ -260,11 +260,11 @@ def test_a_planted_parent_state_fails_the_staged_run_in_one_line(
 ):
     """End to end: a model_state.pt planted in the results folder fails the staged method's
     run (the state is read inside a Ray task) with the one line the CLI prints
-    (orchestrator.sweep.run_cli), and its code never runs."""
+    (orchestrator.cli.run_cli), and its code never runs."""
     from deepclust.artifacts import ArtifactStore
     from deepclust.datasets import resolve_dataset
+    from orchestrator.cli import user_error_in
     from orchestrator.pipeline import MethodRun, load_splits, run_benchmark
-    from orchestrator.sweep import _user_error_in
     from tests.conftest import sweep_settings
 
     settings = sweep_settings(tmp_path / "out", methods=("scan_selflabel",))
@@ -284,7 +284,7 @@ def test_a_planted_parent_state_fails_the_staged_run_in_one_line(
     with pytest.raises(Exception) as err:
         run(2)  # the child trains again, from the parent's (cached) run folder
     assert not marker.exists(), "the planted file ran its code"
-    assert _user_error_in(err.value) == (
+    assert user_error_in(err.value) == (
         f"{state_file} {REFUSED} (it holds Python objects that would run code on loading); "
         "delete it and rerun"
     )
