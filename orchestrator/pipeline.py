@@ -93,6 +93,16 @@ class MethodRun:
     oracle: bool = False
 
 
+@dataclass(frozen=True)
+class GcdContext:
+    """A benchmark's GCD split as every stage sees it: the split, the file it is stored in
+    (what Ray tasks and trials read) and its cache key."""
+
+    split: GcdSplit
+    path: Path
+    key: str
+
+
 def _absolute(name: str) -> str:
     """``parquet:``/``folder:`` names with an absolute path (Ray workers have another cwd)."""
     prefix, sep, path = name.partition(":")
@@ -143,7 +153,7 @@ def run_method(
     store: ArtifactStore,
     ray_session: RaySession,
     require_state: bool = False,
-    gcd: tuple[GcdSplit, Path, str] | None = None,
+    gcd: GcdContext | None = None,
     cached_only: bool = False,
     fitted: inputs.KeptFit | None = None,
 ) -> dict[str, Any] | None:
@@ -213,7 +223,7 @@ def run_method(
     key = stable_key(
         {
             **({"parent": parent_key} if parent_key else {}),
-            **({"gcd_split": gcd[2]} if gcd else {}),
+            **({"gcd_split": gcd.key} if gcd else {}),
             "fit": fit_emb.meta["key"],
             "eval": eval_emb.meta["key"],
             "method": run.method,
@@ -268,7 +278,7 @@ def run_method(
             nbr_meta,
             settings,
             run_dir.with_name(run_dir.name + ".work"),
-            gcd[1] if gcd else None,
+            gcd.path if gcd else None,
         )
         # Ray caps a 1-CPU worker at one thread; trials run one at a time here, so on CPU each
         # worker may use its share of the node (as the embedding actors do)
@@ -294,7 +304,7 @@ def run_method(
                 neighbors=neighbors[0] if "neighbors" in method_cls.needs else None,
                 labels=fit_emb.labels if method_cls.uses_labels else None,
                 init_state=inputs.load_state(str(init_state) if init_state else None),
-                **(_gcd_inputs(gcd[0], method_cls.gcd_labels) if gcd else {}),
+                **(_gcd_inputs(gcd.split, method_cls.gcd_labels) if gcd else {}),
             )
         )  # leak guard
         predictions = method.predict(eval_emb.features)
@@ -304,13 +314,13 @@ def run_method(
             state_file.parent.mkdir(parents=True, exist_ok=True)
             state_io.save_state(state, state_file)
     if gcd:
-        metrics = gcd_scores(predictions, eval_emb.labels, gcd[0])
+        metrics = gcd_scores(predictions, eval_emb.labels, gcd.split)
     else:
         metrics = clustering_metrics(eval_emb.labels[: len(predictions)], predictions)
     result = {
         "key": key,
         "setting": setting,
-        **({"old_classes": list(gcd[0].old_classes)} if gcd else {}),
+        **({"old_classes": list(gcd.split.old_classes)} if gcd else {}),
         "benchmark": splits.spec.name,
         "fit_split": splits.fit.split,
         "eval_split": splits.eval.split,
@@ -326,7 +336,7 @@ def run_method(
         "diagnostics": diagnostics,
         "num_clusters": splits.fit.num_classes,
         "n_fit": len(fit_emb.labels),
-        "n_eval": len(gcd[0].unlabelled_idx) if gcd else len(predictions),
+        "n_eval": len(gcd.split.unlabelled_idx) if gcd else len(predictions),
         **metrics,
         # label-free: one cluster holds > 90% of the rows (marked, and the sweep exits 1)
         "degenerate": is_degenerate(predictions),
@@ -407,7 +417,7 @@ def _gcd_inputs(split: GcdSplit, gcd_labels: bool) -> dict[str, np.ndarray]:
 
 def ensure_gcd_split(
     splits: BenchmarkSplits, fit_emb: Embeddings, settings: SweepSettings, store: ArtifactStore
-) -> tuple[GcdSplit, Path, str]:
+) -> GcdContext:
     """The benchmark's GCD split (docs/gcd.md, GCD: the labelled draw: Old classes, 50% of
     their images labelled, seed 0), computed once per embedded train pool and stored beside the
     embeddings."""
@@ -426,7 +436,7 @@ def ensure_gcd_split(
     path = directory / "split.npz"
     if ArtifactStore.check(directory, key) is None and path.is_file():
         with np.load(path) as f:
-            return GcdSplit.from_arrays(dict(f)), path, key
+            return GcdContext(GcdSplit.from_arrays(dict(f)), path, key)
     split = make_split(fit_emb.labels, old, settings.gcd_labelled_frac, settings.gcd_val_frac)
     tmp = ArtifactStore.begin(directory)
     try:
@@ -451,7 +461,7 @@ def ensure_gcd_split(
         len(split.val_idx),
         len(split.unlabelled_idx),
     )
-    return split, path, key
+    return GcdContext(split, path, key)
 
 
 def prepare_artifacts(
@@ -545,7 +555,7 @@ def _task_inputs(args: tuple, gcd) -> dict[str, Any]:
         "neighbors": neighbors[1],
         "settings": settings,
         "store": store,
-        "gcd": (str(gcd[1]), gcd[2]) if gcd else None,
+        "gcd": (str(gcd.path), gcd.key) if gcd else None,
     }
 
 
@@ -565,7 +575,7 @@ def _read_task_inputs(shared: dict[str, Any]) -> tuple:
     if shared["gcd"]:
         path, key = shared["gcd"]
         with np.load(path) as f:
-            gcd = (GcdSplit.from_arrays(dict(f)), Path(path), key)
+            gcd = GcdContext(GcdSplit.from_arrays(dict(f)), Path(path), key)
     return fit_emb, eval_emb, neighbors, gcd
 
 
@@ -621,7 +631,7 @@ def _search_and_run(
     settings: SweepSettings,
     store: ArtifactStore,
     ray_session: RaySession,
-    gcd: tuple[GcdSplit, Path, str] | None,
+    gcd: GcdContext | None,
     search,
     chosen: dict[str, tuple[dict[str, Any], bool]],
 ) -> list[dict[str, Any]]:
@@ -656,7 +666,7 @@ def _search_and_run(
     # test labels chose this config (its search ranked by them) or the parent stage's
     oracle = bool(search.oracle and (searching or parent_oracle))
     search_gcd = gcd
-    if searching and gcd and not search.oracle and not len(gcd[0].val_idx):
+    if searching and gcd and not search.oracle and not len(gcd.split.val_idx):
         search_gcd = ensure_gcd_split(
             splits, fit_emb, replace(settings, gcd_val_frac=SEARCH_VAL_FRAC), store
         )
@@ -680,7 +690,7 @@ def _search_and_run(
         neighbors[1],
         settings,
         exp_root / "work",
-        search_gcd[1] if search_gcd else None,
+        search_gcd.path if search_gcd else None,
     )
     # a trial fitted on the headline inputs (not on a GCD selection split) keeps its fit: the
     # search seed's final run of the selected config is that fit
@@ -691,7 +701,7 @@ def _search_and_run(
         "fit": fit_emb.meta["key"],
         "eval": eval_emb.meta["key"],
         "neighbors": neighbors[1]["key"],
-        "gcd": search_gcd[2] if search_gcd else None,
+        "gcd": search_gcd.key if search_gcd else None,
         "parent": parent["key"] if parent else None,
     }
     kmax = int(neighbors[0].shape[1])

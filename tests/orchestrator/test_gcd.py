@@ -76,7 +76,7 @@ def _run(tmp_path, method, emb, splits, gcd, out, config=None):
 def test_labels_of_unlabelled_and_novel_images_never_reach_a_method(tmp_path, method):
     splits, emb = _digits_pool()
     gcd = ensure_gcd_split(splits, emb, _settings(tmp_path), ArtifactStore(tmp_path / "a"))
-    split = gcd[0]
+    split = gcd.split
     shuffled = emb.labels.copy()
     rng = np.random.default_rng(1)
     shuffled[split.unlabelled_idx] = rng.permutation(shuffled[split.unlabelled_idx])
@@ -105,13 +105,15 @@ def test_sskmeans_beats_kmeans_with_labels_on_separable_data(tmp_path):
 def test_the_split_is_stored_once_and_reused(tmp_path):
     splits, emb = _digits_pool()
     store = ArtifactStore(tmp_path / "a")
-    split, path, key = ensure_gcd_split(splits, emb, _settings(tmp_path), store)
+    first = ensure_gcd_split(splits, emb, _settings(tmp_path), store)
+    split, path, key = first.split, first.path, first.key
     assert path.is_file() and split.old_classes == (0, 1, 2, 3, 4)
-    again, path2, key2 = ensure_gcd_split(splits, emb, _settings(tmp_path), store)
+    second = ensure_gcd_split(splits, emb, _settings(tmp_path), store)
+    again, path2, key2 = second.split, second.path, second.key
     assert (path2, key2) == (path, key)
     np.testing.assert_array_equal(again.labelled_idx, split.labelled_idx)
     held = ensure_gcd_split(splits, emb, _settings(tmp_path, gcd_val_frac=0.2), store)
-    assert held[2] != key and len(held[0].val_idx) > 0
+    assert held.key != key and len(held.split.val_idx) > 0
 
 
 def test_clustering_only_and_gcd_only_methods_are_refused_in_the_other_setting(tmp_path):
