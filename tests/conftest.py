@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,15 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # own: ray.init would otherwise join any Ray found on the machine (another test's cluster, a
 # sweep someone runs beside the suite). Tests that join a cluster name its address.
 os.environ["RAY_ADDRESS"] = "local"
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL whatever is left of the process session ``proc`` leads (e.g. the Ray it started;
+    start it with ``start_new_session=True``), and only that session."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def make_images(n: int, seed: int = 0, size: int = 24) -> tuple[list[bytes], np.ndarray]:

@@ -4,13 +4,12 @@ after the Ray-test timeout instead of hanging the whole run."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, kill_session
 
 # The fault the guard exists for: a task asks for more CPUs than the cluster has free (a leaked
 # placement group did this), so ray.get waits for ever.
@@ -49,10 +48,7 @@ def test_a_ray_test_blocked_in_ray_get_fails_with_its_stack_after_the_timeout(tm
     except subprocess.TimeoutExpired:
         out = ""
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_session(proc)  # whatever Ray left behind
         proc.communicate()
     assert out, "the blocked test was still waiting 150 s later: the timeout never fired"
     assert proc.returncode != 0, out[-2000:]

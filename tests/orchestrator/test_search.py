@@ -23,7 +23,7 @@ from deepclust.errors import UserError
 from orchestrator.leaderboard import SEARCH_FILE
 from orchestrator.pipeline import load_splits, run_benchmark
 from orchestrator.search import SearchOptions
-from tests.conftest import REPO, make_images, sweep_settings, write_image_parquet
+from tests.conftest import REPO, kill_session, make_images, sweep_settings, write_image_parquet
 from tests.orchestrator.heads import HeadNode
 
 pytestmark = pytest.mark.ray
@@ -242,10 +242,7 @@ def test_ctrl_c_mid_search_exits_130_and_resume_runs_only_the_rest(parquets, tmp
         os.killpg(first.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole group
         code = first.wait(timeout=120)
     finally:
-        try:
-            os.killpg(first.pid, signal.SIGKILL)  # whatever Ray left behind
-        except ProcessLookupError:
-            pass
+        kill_session(first)  # whatever Ray left behind
         first.wait()
     text = log.read_text()
     assert code == 130, text[-3000:]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, kill_session
 
 
 def sweep(*args, env=None, timeout=600):
@@ -97,10 +97,7 @@ def _interrupt_while_embedding(args, tmp_path):
         os.killpg(proc.pid, signal.SIGINT)
         code = proc.wait(timeout=120)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_session(proc)  # whatever Ray left behind
         proc.wait()
     text = log.read_text()
     assert code == 130 and "interrupted: " in text and "Traceback" not in text, text[-3000:]
