@@ -193,4 +193,9 @@ def _run_pipeline(
     ds = ds.map_batches(
         Embedder, fn_constructor_kwargs=ctor, batch_size=opts.batch_size, **embed_args
     )
+    if not log.isEnabledFor(logging.DEBUG):  # -v keeps Ray Data's own progress output
+        # without a terminal Ray Data logs a 9-line status block every 10 s ("Total Progress:
+        # 0/?" until the write ends); the stage's own line reports the count and the time
+        rd.DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     ds.write_parquet(str(out_dir), min_rows_per_file=8192)
