@@ -132,10 +132,18 @@ def ensure_embeddings(
     # an unreachable hub fails here as one clean line instead of as a dying Ray actor (and
     # the hub download lands in this node's cache).
     _, preprocess = build_backbone(opts.backbone, opts.weights_file)
+    resources = ray_session.resources()
+    log.info(
+        "embedding %s/%s: %d images with %s",
+        imageset.name,
+        imageset.split,
+        len(imageset),
+        opts.backbone,
+    )
     tmp = store.begin(directory)
     t0 = time.perf_counter()
     try:
-        _run_pipeline(imageset, opts, preprocess, ray_session.resources(), tmp)
+        _run_pipeline(imageset, opts, preprocess, resources, tmp)
         _report_bad_images(tmp, imageset)
         n = sum(pq.ParquetFile(p).metadata.num_rows for p in tmp.glob("*.parquet"))
         if n != len(imageset):

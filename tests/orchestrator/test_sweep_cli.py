@@ -91,9 +91,10 @@ def _interrupt_while_embedding(args, tmp_path):
         )
     try:
         deadline = time.time() + 300
-        while b"Starting execution of Dataset" not in log.read_bytes():
+        while b"orchestrator.embed: embedding " not in log.read_bytes():  # Ray Data starts
             assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
+        time.sleep(2)  # Ray Data's actors are up (embedding 24 images takes ~15 s here)
         os.killpg(proc.pid, signal.SIGINT)
         code = proc.wait(timeout=120)
     finally:
