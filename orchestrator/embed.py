@@ -31,6 +31,7 @@ from orchestrator.ray_env import ClusterResources, RaySession
 log = logging.getLogger(__name__)
 
 ROWS_PER_BLOCK = 512  # input blocks: small enough to stream and spread, big enough to amortise
+CPU_ACTOR_SHARE = 0.5  # of a CPU, reserved by each embedding actor on a CPU-only cluster
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +76,12 @@ def _parquet_dataset(source: ParquetSource) -> rd.Dataset:
     )
 
 
-def _source_dataset(imageset: ImageSet) -> rd.Dataset:
+def _source_dataset(imageset: ImageSet, rows_per_block: int = ROWS_PER_BLOCK) -> rd.Dataset:
     if imageset.parquet is not None:
         return _parquet_dataset(imageset.parquet)
     tables = []
-    for start in range(0, len(imageset), ROWS_PER_BLOCK):
-        stop = min(start + ROWS_PER_BLOCK, len(imageset))
+    for start in range(0, len(imageset), rows_per_block):
+        stop = min(start + rows_per_block, len(imageset))
         src = imageset.source_slice(start, stop)
         if imageset.pixels is not None:
             src = ArrowTensorArray.from_numpy(np.ascontiguousarray(src))
@@ -170,6 +171,7 @@ def _run_pipeline(
 ) -> None:
     ctor = {"backbone": opts.backbone, "weights_file": opts.weights_file}
     live_cpus, live_gpus = res.alive
+    rows_per_block = ROWS_PER_BLOCK
     if res.gpus:
         # One actor per GPU the cluster can grow to; the pool starts with the GPUs alive and
         # grows as nodes join (its pending actors keep the autoscaler adding them). Decode
@@ -185,17 +187,19 @@ def _run_pipeline(
             ),
         }
     else:
-        # CPU-only: actors reserve one CPU each but run torch on a larger thread budget
-        # (Ray pins OMP threads to the reservation, which would leave cores idle).
-        pool = max(1, res.cpus // 8)
-        ctor["num_threads"] = res.task_cpus(pool)
+        # CPU-only: one single-thread actor per CPU. Convnet inference scales poorly across
+        # threads: on 2 cores two 1-thread processes embed 1.21x as many images a second as
+        # one 2-thread process (bench/cpu_threads.py). Each actor reserves half a CPU so that
+        # the decode and read tasks beside it always find room to run.
+        pool = max(1, res.cpus)
+        ctor["num_threads"] = 1
         embed_args = {
-            "num_cpus": 1,
-            "compute": rd.ActorPoolStrategy(
-                min_size=max(1, min(pool, live_cpus // 8)), max_size=pool
-            ),
+            "num_cpus": CPU_ACTOR_SHARE,
+            "compute": rd.ActorPoolStrategy(min_size=max(1, min(pool, live_cpus)), max_size=pool),
         }
-    ds = _source_dataset(imageset).map_batches(
+        # small sets in blocks small enough that every actor gets a fair share of the rows
+        rows_per_block = int(np.clip(-(-len(imageset) // (4 * pool)), 64, ROWS_PER_BLOCK))
+    ds = _source_dataset(imageset, rows_per_block).map_batches(
         decode_batch, fn_kwargs={"preprocess": pp}, batch_size=opts.batch_size, num_cpus=1
     )
     ds = ds.map_batches(
@@ -205,5 +209,7 @@ def _run_pipeline(
         # without a terminal Ray Data logs a 9-line status block every 10 s ("Total Progress:
         # 0/?" until the write ends); the stage's own line reports the count and the time
         rd.DataContext.get_current().enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # and its issue detectors print multi-line advice (memory hints for the actors)
+        rd.DataContext.get_current().issue_detectors_config.detectors = []
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     ds.write_parquet(str(out_dir), min_rows_per_file=8192)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,6 @@ from deepclust.datasets import DatasetSpec, ImageSet, aligned_eval
 from deepclust.errors import UserError
 from deepclust.gcd import GcdSplit, default_old_classes, gcd_scores, make_split
 from deepclust.metrics import clustering_metrics, is_degenerate
-from orchestrator.embed import EmbedOptions, ensure_embeddings
 from orchestrator.mine import ensure_neighbors
 from orchestrator.ray_env import RaySession
 from trainables import inputs, state_io
@@ -377,11 +377,18 @@ def _run_all(
     ray_session: RaySession,
     on_gpu: bool,
     require_state: bool = False,
-) -> list[dict[str, Any]]:
+    background: bool = False,
+):
     """Every run, in order: cached ones answered here (a cached sweep starts no Ray), Ray
     Train runs started from here, and the rest as Ray tasks side by side that read the
-    artifacts themselves (``_run_in_parallel``), staged methods after their parents' methods
-    so a child finds its parent's run instead of training it again beside it."""
+    artifacts themselves (``_submit_in_parallel``), staged methods after their parents' methods
+    so a child finds its parent's run instead of training it again beside it.
+
+    ``background``: return at once a function that waits for the runs and returns their
+    results, so the caller can go on (a sweep searches its next method meanwhile: no core
+    idles between one method's last seed and the next method's trials). Runs that must wait
+    for other runs of this call (a staged wave) still run before it returns.
+    """
     results: dict[int, dict[str, Any]] = {}
     pending = []
     for i, run in enumerate(runs):
@@ -392,13 +399,26 @@ def _run_all(
             results[i] = run_method(run, *args, require_state, gcd)
         else:
             pending.append(i)
-    for staged in (False, True):
-        wave = [i for i in pending if bool(METHODS.get(runs[i].method).starts_from) == staged]
-        if wave:
-            gpus = ray_session.resources().gpus if on_gpu else 0
-            done = _run_in_parallel([runs[i] for i in wave], args, gcd, gpus, require_state)
-            results.update(zip(wave, done, strict=True))
-    return [results[i] for i in range(len(runs))]
+    waves = [
+        wave
+        for staged in (False, True)
+        if (wave := [i for i in pending if bool(METHODS.get(runs[i].method).starts_from) == staged])
+    ]
+    gpus = ray_session.resources().gpus if on_gpu and waves else 0
+    last = None
+    for n, wave in enumerate(waves):
+        submitted = _submit_in_parallel([runs[i] for i in wave], args, gcd, gpus, require_state)
+        if background and n == len(waves) - 1:
+            last = (wave, submitted)
+        else:
+            results.update(zip(wave, submitted(), strict=True))
+
+    def finish() -> list[dict[str, Any]]:
+        if last is not None:
+            results.update(zip(last[0], last[1](), strict=True))
+        return [results[i] for i in range(len(runs))]
+
+    return finish if background else finish()
 
 
 def _variant(method: str, config_hash: str, gcd) -> str:
@@ -468,6 +488,10 @@ def prepare_artifacts(
     splits: BenchmarkSplits, settings: SweepSettings, store: ArtifactStore, ray_session: RaySession
 ) -> tuple[Embeddings, Embeddings, tuple]:
     """Embeddings of both splits and the fit split's kNN table (each cached by its key)."""
+    # imported here: Ray Data is the driver's alone; the seed tasks that import this module
+    # start faster without it
+    from orchestrator.embed import EmbedOptions, ensure_embeddings
+
     opts = EmbedOptions(settings.backbone, settings.weights_file, settings.batch_size)
     fit_emb = ensure_embeddings(splits.fit, opts, store, ray_session)
     eval_emb = (
@@ -512,15 +536,34 @@ def run_benchmark(
         from orchestrator.search import SearchFailed
 
         chosen: dict[str, tuple[dict[str, Any], bool]] = {}
-        results = []
+        # a method's seed runs go on while the next method searches; a staged method's seed
+        # runs start from its parent's, so they wait for those
+        running: dict[str, Callable[[], list[dict[str, Any]]]] = {}
+        done: dict[str, list[dict[str, Any]]] = {}
+
+        def settle(method: str | None) -> None:
+            if method in running:
+                done[method] = running.pop(method)()
+
         for method in settings.methods:
+            parent = METHODS.get(method).starts_from
             try:
-                results += _search_and_run(method, *args, gcd, search, chosen)
+                running[method] = _search_and_run(
+                    method,
+                    *args,
+                    gcd,
+                    search,
+                    chosen,
+                    background=True,
+                    before_runs=lambda parent=parent: settle(parent),
+                )
             except SearchFailed as exc:
                 log.error("%s on %s: %s", method, splits.spec.name, exc)
                 if failures is not None:
                     failures.append(f"{method} on {splits.spec.name}: {exc}")
-        return results
+        for method in list(running):
+            settle(method)
+        return [r for method in settings.methods for r in done.get(method, [])]
     # as a search's final runs: heads on cached embeddings train in one process each, as Ray
     # tasks side by side (a 1-worker Ray Train run per seed would add its start-up and run
     # the seeds one after another); a finetune config still goes through Ray Train
@@ -580,7 +623,7 @@ def _read_task_inputs(shared: dict[str, Any]) -> tuple:
 
 
 def _run_task(run: MethodRun, shared: dict[str, Any], require_state: bool) -> dict[str, Any]:
-    """One seed's in-process run inside a 1-CPU Ray task (see ``_run_in_parallel``)."""
+    """One seed's in-process run inside a 1-CPU Ray task (see ``_submit_in_parallel``)."""
     import torch
 
     torch.set_num_threads(1)
@@ -591,32 +634,37 @@ def _run_task(run: MethodRun, shared: dict[str, Any], require_state: bool) -> di
     )
 
 
-def _run_in_parallel(
+def _submit_in_parallel(
     runs: list[MethodRun], args: tuple, gcd, gpus: int = 0, require_state: bool = False
-) -> list[dict[str, Any]]:
+) -> Callable[[], list[dict[str, Any]]]:
     """Runs that train in one process (heads on cached embeddings, k-means), as Ray tasks side
     by side: one GPU each when the cluster has GPUs, else one CPU each (one torch thread per
     run beats one run on every core for heads this small). Each task gets the artifacts'
     paths and reads the embeddings, neighbours and GCD split itself, so no per-image array
     passes through the driver; it writes its run folder as the driver would (cached runs
-    return at once)."""
+    return at once). Returns at once; the function it returns waits for the runs."""
     import ray
 
     splits = args[0]
     shared = ray.put(_task_inputs(args, gcd))
     task = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0)(_run_task)
-    results = ray.get([task.remote(r, shared, require_state) for r in runs])
-    for r in results:
-        log.info(
-            "%s/%s seed %d: acc=%.4f nmi=%.4f ari=%.4f",
-            splits.fit.name,
-            r["method"],
-            r["seed"],
-            r["acc"],
-            r["nmi"],
-            r["ari"],
-        )
-    return results
+    refs = [task.remote(r, shared, require_state) for r in runs]
+
+    def wait() -> list[dict[str, Any]]:
+        results = ray.get(refs)
+        for r in results:
+            log.info(
+                "%s/%s seed %d: acc=%.4f nmi=%.4f ari=%.4f",
+                splits.fit.name,
+                r["method"],
+                r["seed"],
+                r["acc"],
+                r["nmi"],
+                r["ari"],
+            )
+        return results
+
+    return wait
 
 
 SEARCH_VAL_FRAC = 0.2  # GCD search: held-out share of each Old class's labelled images
@@ -634,8 +682,13 @@ def _search_and_run(
     gcd: GcdContext | None,
     search,
     chosen: dict[str, tuple[dict[str, Any], bool]],
-) -> list[dict[str, Any]]:
+    background: bool = False,
+    before_runs: Callable[[], None] | None = None,
+):
     """Search ``method`` (orchestrator/search.py), then run its best config with every seed.
+
+    ``background``: return, once the seed runs are started, a function that waits for them
+    and returns their results (``_run_all``). ``before_runs`` is called before they start.
 
     A staged method starts from its parent's configuration chosen earlier in this sweep (or
     the parent's config at the search fidelity). GCD trials are ranked on held-out labelled
@@ -718,7 +771,14 @@ def _search_and_run(
         kept = inputs.kept_fit(Path(outcome.path) / "fits", outcome.config, search.seed)
         if kept is not None and not _trains_with_ray_train(run):
             run_method(run, *args, False, gcd, fitted=kept)
-    results = _run_all(runs, args, gcd, ray_session, settings.train_on_gpu)
-    if key is not None:
-        write_record(outcome, key, results[0])
-    return results
+    if before_runs is not None:
+        before_runs()
+    pending = _run_all(runs, args, gcd, ray_session, settings.train_on_gpu, background=True)
+
+    def finish() -> list[dict[str, Any]]:
+        results = pending()
+        if key is not None:
+            write_record(outcome, key, results[0])
+        return results
+
+    return finish if background else finish()

@@ -345,7 +345,14 @@ def init_ray(
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         check_reachable(address)
-        kwargs = {"num_cpus": num_cpus} if address in (None, "local") and num_cpus else {}
+        kwargs: dict[str, Any] = {}
+        if address in (None, "local"):  # a cluster this process starts
+            cpus = num_cpus or os.cpu_count() or 1
+            kwargs = {"num_cpus": num_cpus} if num_cpus else {}
+            # Ray keeps about one idle worker per CPU and ends the rest; each search's trial
+            # actors are new processes, so by default they end the seed tasks' idle workers and
+            # every seed stage starts and imports torch afresh. Twice the CPUs keeps them warm.
+            kwargs["_system_config"] = {"num_workers_soft_limit": 2 * cpus}
         context = ray.init(
             address=address,
             logging_level=logging.WARNING,

@@ -161,6 +161,10 @@ def search_method(
         )
     # trials checkpoint ~10 times each; Tune's snapshot-frequency warning would flood the log
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # the previous method's seed runs may hold every CPU when a search starts (the pipeline
+    # overlaps them); its trials then wait minutes, not for want of resources
+    for suffix in ("", "_AUTOSCALER"):
+        os.environ.setdefault(f"TUNE_WARN_INSUFFICENT_RESOURCE_THRESHOLD_S{suffix}", "900")
     import ray.tune as tune
     from ray.tune.schedulers import ASHAScheduler
 

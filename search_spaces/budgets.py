@@ -6,9 +6,9 @@
   trial is the default configuration, see orchestrator/search.py); what is cut is TEMI's
   number of MLP heads trained side by side (one instead of four: each costs as much as the
   run) and UNIC's floor of 8,000 steps on small sets (it keeps its 100 epochs: 5,700 steps on
-  1,797 images). SPICE keeps its 5 heads: they only train in its first stage, and its
-  FixMatch stage dominates the cost. The searched hyperparameters are
-  untouched; a trial's suggestions override these values.
+  1,797 images) and SPICE's number of self-training heads (two instead of five; its FixMatch
+  stage keeps every step). The searched hyperparameters are untouched; a trial's suggestions
+  override these values.
 * ``smoke``: each method's ``smoke`` overrides (tests, ``--smoke-test``).
 
 The final seeds of a search are run at the same fidelity as its trials, so the leaderboard

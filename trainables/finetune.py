@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from torchvision import transforms as T
 
 from deepclust.config import CheckedChoices, Count, Rate
 from deepclust.errors import UserError
@@ -64,6 +63,10 @@ def train_transform(pp: Preprocess, kind: str = "simgcd"):
     RandomResizedCrop(S, 0.2-1) -> flip -> ColorJitter(0.4, 0.4, 0.4, 0.1) p0.8 -> grey p0.2.
     ``none``: the eval geometry.
     """
+    # imported here: torchvision costs a second at import, and every Ray worker that trains a
+    # head on cached embeddings imports this module (for the method configs) without it
+    from torchvision import transforms as T
+
     interp = T.InterpolationMode(pp.interpolation)
     size = pp.input_size
     norm = [T.ToTensor(), T.Normalize(pp.mean, pp.std)]

@@ -170,11 +170,12 @@ def test_honest_and_oracle_runs_of_one_config_live_apart(tmp_path, monkeypatch):
         return outcome, f"key-{opts.oracle}"
 
     def in_process(runs, args, gcd, gpus=0, require_state=False):
-        return [pipeline.run_method(r, *args, require_state, gcd) for r in runs]
+        results = [pipeline.run_method(r, *args, require_state, gcd) for r in runs]
+        return lambda: results
 
     monkeypatch.setattr(search, "search_method", fake_search)
     monkeypatch.setattr(search_spaces, "is_empty", lambda method: False)  # kmeans "searched"
-    monkeypatch.setattr(pipeline, "_run_in_parallel", in_process)
+    monkeypatch.setattr(pipeline, "_submit_in_parallel", in_process)
     args = _digits_inputs(tmp_path)
     store = args[5]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import KMeans as _SkKMeans
 
 from deepclust.config import CheckedChoices, Count
 from trainables.methods.base import ClusteringMethod, FitInputs
@@ -38,6 +37,10 @@ class KMeans(ClusteringMethod):
         rows = inputs.embeddings
         if inputs.unlabelled_idx is not None:  # GCD: fit on the unlabelled pool (docs/gcd.md)
             rows = rows[inputs.unlabelled_idx]
+        # imported here: scikit-learn's clustering module costs a second, and every Ray worker
+        # imports the method registry whichever method it trains
+        from sklearn.cluster import KMeans as _SkKMeans
+
         self._model = _SkKMeans(
             n_clusters=inputs.num_clusters,
             n_init=self.config.n_init,
