@@ -176,6 +176,20 @@ def fit(model: nn.Module, steps: TrainSteps, cfg: LoopConfig, hooks: LoopHooks) 
     return model
 
 
+def cached_config(
+    epochs: int, steps_per_epoch: int, lr: float, weight_decay: float = 0.0
+) -> LoopConfig:
+    """The cached-embedding defaults: Adam, constant lr, ~10 reports/checkpoints (cached
+    epochs are short)."""
+    return LoopConfig(
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        lr=lr,
+        weight_decay=weight_decay,
+        report_every=max(1, epochs // 10),
+    )
+
+
 def fit_cached(
     model: nn.Module,
     steps: TrainSteps,
@@ -185,13 +199,6 @@ def fit_cached(
     lr: float,
     weight_decay: float = 0.0,
 ) -> nn.Module:
-    """``fit`` with the cached-embedding defaults (Adam, constant lr, ~10 reports/checkpoints:
-    cached epochs are short); returns the trained model on CPU in eval mode."""
-    cfg = LoopConfig(
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        lr=lr,
-        weight_decay=weight_decay,
-        report_every=max(1, epochs // 10),
-    )
+    """``fit`` with ``cached_config``; returns the trained model on CPU in eval mode."""
+    cfg = cached_config(epochs, steps_per_epoch, lr, weight_decay)
     return fit(model, steps, cfg, hooks).cpu().eval()

@@ -11,6 +11,7 @@ from deepclust.gcd import make_split
 from deepclust.knn import knn_self, l2_normalize
 from deepclust.metrics import hungarian_acc
 from trainables.methods import METHODS, ClusteringMethod, FitInputs
+from trainables.methods.base import HeadMethod
 
 
 def blobs(n_per: int = 40, k: int = 4, d: int = 16, seed: int = 0):
@@ -64,6 +65,12 @@ def test_contract(name):
     from_dict(method_cls.Config, method_cls.laptop)  # laptop overrides are real fields
     assert method_cls.search_space is None or callable(method_cls.search_space)
     assert (method_cls.search_space is None) == (not method_cls.trainable), name
+    # a trainable method trains with the one fit (HeadMethod) and supplies its own stages
+    assert method_cls.trainable == issubclass(method_cls, HeadMethod), name
+    if method_cls.trainable:
+        for part in ("plan", "select"):
+            assert part in vars(method_cls), f"{name} does not declare {part}"
+        assert "fit" not in vars(method_cls), f"{name} overrides the shared fit"
     x, y = blobs()
     method = method_cls(cfg)
     diagnostics = method.fit(inputs_for(method_cls, x, y))

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
+from torch import nn
+
+from trainables import loop
 
 # Neighbours mined per image (fewer on sets of 50 images or less); methods slice [:, :k], and
 # search spaces stop their neighbour counts here.
@@ -122,3 +126,70 @@ class ClusteringMethod(abc.ABC):
         from trainables.finetune import embed_images
 
         return self.predict(embed_images(self.finetuned, images, batch_size))
+
+
+@dataclass
+class CachedPlan:
+    """What a head method trains on cached embeddings with the one loop: the model, its
+    batches (``trainables.loop.TrainSteps``), the loop's settings and hooks. ``train=False``:
+    nothing trains on cached embeddings (a finetune run without a warm start); the untrained
+    model goes to ``select`` as it is."""
+
+    model: nn.Module
+    steps: Any
+    config: loop.LoopConfig
+    hooks: loop.LoopHooks
+    train: bool = True
+
+
+class HeadMethod(ClusteringMethod):
+    """A method that trains cluster heads with the one training loop (SCAN, self-labelling,
+    TEMI, IIC, SPICE, UNIC). It owns the common ``fit``:
+
+    1. ``check``: one-line errors for settings the inputs cannot support (k > kmax, ...);
+    2. the run's seed for every torch draw;
+    3. ``plan``: the model, batches and loop settings on cached embeddings (its hooks: the
+       run's, or, when the cached stage only warm-starts a finetune run, local ones);
+    4. the loop (``trainables.loop.fit``), then the model on the CPU in eval mode;
+    5. ``select``: keep the head with the best label-free score (``self.model``) and return
+       the diagnostics, the method's ``objective`` among them;
+    6. ``refine``: a second stage on the selected head: by default, in finetune mode, the
+       backbone's last blocks and the head on augmented images (``finetune``).
+    """
+
+    trainable = True
+
+    @property
+    def finetunes(self) -> bool:
+        return bool(getattr(self.config, "finetune", False))
+
+    def fit(self, inputs: FitInputs, hooks: loop.LoopHooks | None = None) -> dict[str, float]:
+        hooks = hooks or loop.LoopHooks()
+        self.check(inputs)
+        torch.manual_seed(inputs.seed)
+        plan = self.plan(inputs, loop.warm_start_hooks(hooks, self.finetunes))
+        model = plan.model
+        if plan.train:
+            model = loop.fit(plan.model, plan.steps, plan.config, plan.hooks).cpu().eval()
+        out = self.select(model, inputs)
+        out.update(self.refine(inputs, hooks))
+        return out
+
+    def check(self, inputs: FitInputs) -> None:
+        """Raise a UserError for settings these inputs cannot support (default: none)."""
+
+    @abc.abstractmethod
+    def plan(self, inputs: FitInputs, hooks: loop.LoopHooks) -> CachedPlan:
+        """The cached-embedding stage; ``hooks`` are the ones it should train with."""
+
+    @abc.abstractmethod
+    def select(self, trained: nn.Module, inputs: FitInputs) -> dict[str, float]:
+        """Keep the best head of ``trained`` as ``self.model``; return the diagnostics."""
+
+    def refine(self, inputs: FitInputs, hooks: loop.LoopHooks) -> dict[str, float]:
+        """A stage after selection (default: ``finetune`` in finetune mode, else nothing);
+        returns diagnostics that replace ``select``'s."""
+        return self.finetune(inputs, hooks) if self.finetunes else {}
+
+    def finetune(self, inputs: FitInputs, hooks: loop.LoopHooks) -> dict[str, float]:
+        raise NotImplementedError(f"{type(self).__name__} has no finetune mode")

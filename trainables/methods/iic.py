@@ -25,7 +25,7 @@ from trainables import loop
 from trainables.finetune import FinetuneOptions, embed_images, finetune_model
 from trainables.heads import ClusterHead, MultiHead
 from trainables.losses.iic import iic_loss
-from trainables.methods.base import DEFAULT_KMAX, ClusteringMethod, FitInputs
+from trainables.methods.base import DEFAULT_KMAX, CachedPlan, FitInputs, HeadMethod
 from trainables.pairs import NeighborPairs, PairSteps, check_k, unwrap
 
 
@@ -96,10 +96,9 @@ def _search_space(
     }
 
 
-class Iic(ClusteringMethod):
+class Iic(HeadMethod):
     Config = IicConfig
     needs = frozenset({"embeddings", "neighbors"})
-    trainable = True
     objective = "iic_loss"  # IIC loss of the selected main sub-head on fixed training pairs
     smoke = {"epochs": 2, "min_steps": 100, "num_subheads": 2, "num_neighbors": 5}
     laptop = {}  # laptop fidelity (CPU-only clusters) trains as full
@@ -117,14 +116,17 @@ class Iic(ClusteringMethod):
             logs["loss/over"] = float(over.mean().detach())
         return loss, logs
 
-    def fit(self, inputs: FitInputs, hooks: loop.LoopHooks | None = None) -> dict[str, float]:
-        hooks = hooks or loop.LoopHooks()
+    def check(self, inputs: FitInputs) -> None:
         cfg = self.config
-        n, kmax = inputs.neighbors.shape
-        check_k("num_neighbors", cfg.num_neighbors, kmax)
+        check_k("num_neighbors", cfg.num_neighbors, inputs.neighbors.shape[1])
         if cfg.repeats < 1 or cfg.num_subheads < 1:
             raise UserError("IIC needs repeats >= 1 and num_subheads >= 1")
-        torch.manual_seed(inputs.seed)
+
+    def plan(self, inputs: FitInputs, hooks: loop.LoopHooks) -> CachedPlan:
+        # deviation (finetune mode): the paper trains from scratch; here the sub-heads first
+        # train on cached neighbour pairs and the selected one is finetuned with the backbone.
+        cfg = self.config
+        n = len(inputs.neighbors)
         pairs_per_batch = min(
             n * cfg.repeats, int(np.clip(cfg.pairs_per_class * inputs.num_clusters, 500, 4000))
         )
@@ -133,44 +135,48 @@ class Iic(ClusteringMethod):
         epochs = max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))
         features = torch.from_numpy(inputs.embeddings)
         pairs = NeighborPairs(inputs.neighbors, cfg.num_neighbors, include_self=False)
-        # deviation (finetune mode): the paper trains from scratch; here the sub-heads first
-        # train on cached neighbour pairs and the selected one is finetuned with the backbone.
-        cached_hooks = loop.warm_start_hooks(hooks, cfg.finetune)
         steps = PairSteps.sharded(
-            features, pairs, anchors, inputs.seed, cached_hooks, self._step, cfg.repeats
+            features, pairs, anchors, inputs.seed, hooks, self._step, cfg.repeats
         )
         model = IicModel(features.shape[1], inputs.num_clusters, cfg)
-        self.model = loop.fit_cached(
-            model, steps, cached_hooks, epochs, steps_per_epoch, cfg.lr, cfg.weight_decay
-        )
-        # label-free selection: each main sub-head's loss over one fixed pass of training pairs
+        self.schedule = {"pairs_per_batch": anchors * cfg.repeats, "epochs": epochs}
+        config = loop.cached_config(epochs, steps_per_epoch, cfg.lr, cfg.weight_decay)
+        return CachedPlan(model, steps, config, hooks)
+
+    def select(self, trained: nn.Module, inputs: FitInputs) -> dict[str, float]:
+        """Label-free: each main sub-head's loss over one fixed pass of training pairs."""
+        cfg, n = self.config, len(inputs.neighbors)
+        self.model = trained
         gen = torch.Generator().manual_seed(0)
-        a, p = NeighborPairs(inputs.neighbors, cfg.num_neighbors, False).sample(n, gen)
+        self.fixed_pairs = NeighborPairs(inputs.neighbors, cfg.num_neighbors, False).sample(n, gen)
+        a, p = self.fixed_pairs
+        features = torch.from_numpy(inputs.embeddings)
         with torch.no_grad():
             losses = _sub_head_losses(self.model(torch.cat([features[a], features[p]])), n, cfg.lam)
         self.best = int(torch.argmin(losses))
-        out = {
+        return {
             self.objective: float(losses[self.best]),
             "selected_subhead": self.best,
-            "pairs_per_batch": anchors * cfg.repeats,
-            "epochs": epochs,
+            **self.schedule,
         }
-        if cfg.finetune:
-            self.finetuned = finetune_model(
-                self.model.main.heads[self.best],
-                inputs,
-                cfg,
-                hooks,
-                lambda b, gen: _view_pairs(n, b, cfg.repeats, gen),
-                {"anchor": cfg.augment, "partner": cfg.augment},
-                self._step,
-            )
-            self.model, self.best = MultiHead([self.finetuned.head]), 0
-            feats = torch.from_numpy(embed_images(self.finetuned, inputs.images))
-            with torch.no_grad():
-                loss = _sub_head_losses(self.model(torch.cat([feats[a], feats[p]])), n, cfg.lam)
-            out[self.objective] = float(loss[0])
-        return out
+
+    def finetune(self, inputs: FitInputs, hooks: loop.LoopHooks) -> dict[str, float]:
+        cfg, n = self.config, len(inputs.neighbors)
+        self.finetuned = finetune_model(
+            self.model.main.heads[self.best],
+            inputs,
+            cfg,
+            hooks,
+            lambda b, gen: _view_pairs(n, b, cfg.repeats, gen),
+            {"anchor": cfg.augment, "partner": cfg.augment},
+            self._step,
+        )
+        self.model, self.best = MultiHead([self.finetuned.head]), 0
+        feats = torch.from_numpy(embed_images(self.finetuned, inputs.images))
+        a, p = self.fixed_pairs
+        with torch.no_grad():
+            loss = _sub_head_losses(self.model(torch.cat([feats[a], feats[p]])), n, cfg.lam)
+        return {self.objective: float(loss[0])}
 
     @torch.no_grad()
     def predict(self, embeddings: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from trainables.finetune import FinetuneOptions, embed_images, finetune_model
 from trainables.heads import ClusterHead, HeadKind, MultiHead
 from trainables.losses.neighbors import probs
 from trainables.losses.scan import scan_loss
-from trainables.methods.base import DEFAULT_KMAX, ClusteringMethod, FitInputs
+from trainables.methods.base import DEFAULT_KMAX, CachedPlan, FitInputs, HeadMethod
 from trainables.pairs import (
     NeighborPairs,
     PairSteps,
@@ -67,10 +67,9 @@ def _search_space(
     }
 
 
-class Scan(ClusteringMethod):
+class Scan(HeadMethod):
     Config = ScanConfig
     needs = frozenset({"embeddings", "neighbors"})
-    trainable = True
     objective = "scan_selection"  # consistency over raw top-5 neighbours - entropy (weight 1)
     # deviation: SCAN selects on the val/test images with their top-5 neighbours plus the image
     # itself. Here the score reads the fit split (a split the project controls, never the test
@@ -88,26 +87,28 @@ class Scan(ClusteringMethod):
         logits = model(torch.cat([batch["anchor"], batch["partner"]]))
         return scan_loss(logits[..., :b, :], logits[..., b:, :], self.config.entropy_weight)
 
-    def fit(self, inputs: FitInputs, hooks: loop.LoopHooks | None = None) -> dict[str, float]:
-        hooks = hooks or loop.LoopHooks()
+    def check(self, inputs: FitInputs) -> None:
+        check_k("num_neighbors", self.config.num_neighbors, inputs.neighbors.shape[1])
+
+    def plan(self, inputs: FitInputs, hooks: loop.LoopHooks) -> CachedPlan:
+        # deviation: in finetune mode the heads first train on cached embeddings and only the
+        # selected one is finetuned with the backbone (the paper trains one head with the
+        # whole pretext network); the warm start runs locally, identical on every worker.
         cfg = self.config
-        n, kmax = inputs.neighbors.shape
-        check_k("num_neighbors", cfg.num_neighbors, kmax)
-        torch.manual_seed(inputs.seed)
+        n = len(inputs.neighbors)
         batch, epochs, steps_per_epoch = cached_schedule(
             n, cfg.batch_size, cfg.epochs, (80, 32, 512), cfg.min_steps
         )
         features = torch.from_numpy(inputs.embeddings)
         model = build_heads(cfg, features.shape[1], inputs.num_clusters, cfg.num_heads)
-        pairs = NeighborPairs(inputs.neighbors, cfg.num_neighbors, cfg.include_self)
-        # deviation: in finetune mode the heads first train on cached embeddings and only the
-        # selected one is finetuned with the backbone (the paper trains one head with the
-        # whole pretext network); the warm start runs locally, identical on every worker.
-        cached_hooks = loop.warm_start_hooks(hooks, cfg.finetune)
-        steps = PairSteps.sharded(features, pairs, batch, inputs.seed, cached_hooks, self._step)
-        trained = loop.fit_cached(
-            model, steps, cached_hooks, epochs, steps_per_epoch, cfg.lr, cfg.weight_decay
-        )
+        self.pairs = NeighborPairs(inputs.neighbors, cfg.num_neighbors, cfg.include_self)
+        steps = PairSteps.sharded(features, self.pairs, batch, inputs.seed, hooks, self._step)
+        self.schedule = {"batch_size": batch, "epochs": epochs}
+        config = loop.cached_config(epochs, steps_per_epoch, cfg.lr, cfg.weight_decay)
+        return CachedPlan(model, steps, config, hooks)
+
+    def select(self, trained: nn.Module, inputs: FitInputs) -> dict[str, float]:
+        """The head with the lowest SCAN selection loss on the fit split."""
         candidates = list(trained.heads) if isinstance(trained, MultiHead) else [trained]
         scores = [
             scan_selection_loss(self._probs(h, inputs.embeddings), inputs.neighbors)
@@ -115,29 +116,29 @@ class Scan(ClusteringMethod):
         ]
         best = int(np.argmin(scores))
         self.model = candidates[best]
-        out = {
+        return {
             self.objective: scores[best],
             "selected_head": best,
             "score_spread": float(np.ptp(scores)),
-            "batch_size": batch,
-            "epochs": epochs,
+            **self.schedule,
         }
-        if cfg.finetune:
-            self.finetuned = finetune_model(
-                self.model,
-                inputs,
-                cfg,
-                hooks,
-                lambda b, gen: dict(zip(("anchor", "partner"), pairs.sample(b, gen), strict=True)),
-                {"anchor": cfg.augment, "partner": cfg.augment},  # same kind for both (4.2)
-                self._step,
-            )
-            self.model = self.finetuned.head
-            feats = embed_images(self.finetuned, inputs.images)
-            out[self.objective] = scan_selection_loss(
-                self._probs(self.model, feats), inputs.neighbors
-            )
-        return out
+
+    def finetune(self, inputs: FitInputs, hooks: loop.LoopHooks) -> dict[str, float]:
+        cfg, pairs = self.config, self.pairs
+        self.finetuned = finetune_model(
+            self.model,
+            inputs,
+            cfg,
+            hooks,
+            lambda b, gen: dict(zip(("anchor", "partner"), pairs.sample(b, gen), strict=True)),
+            {"anchor": cfg.augment, "partner": cfg.augment},  # same kind for both (4.2)
+            self._step,
+        )
+        self.model = self.finetuned.head
+        feats = embed_images(self.finetuned, inputs.images)
+        return {
+            self.objective: scan_selection_loss(self._probs(self.model, feats), inputs.neighbors)
+        }
 
     @staticmethod
     @torch.no_grad()

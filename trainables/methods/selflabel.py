@@ -24,7 +24,7 @@ from trainables import loop
 from trainables.finetune import FinetuneOptions, embed_images, finetune_model
 from trainables.heads import ClusterHead
 from trainables.losses.scan import confidence_mask, selflabel_loss
-from trainables.methods.base import DEFAULT_KMAX, ClusteringMethod, FitInputs
+from trainables.methods.base import DEFAULT_KMAX, CachedPlan, FitInputs, HeadMethod
 from trainables.methods.scan import Scan
 from trainables.pairs import dropout, scan_selection_loss
 
@@ -84,10 +84,9 @@ def _search_space(
     return {"threshold": trial.suggest_float("threshold", 0.9, 0.999)}
 
 
-class ScanSelfLabel(ClusteringMethod):
+class ScanSelfLabel(HeadMethod):
     Config = SelfLabelConfig
     needs = frozenset({"embeddings", "neighbors", "init_state"})
-    trainable = True
     starts_from = "scan"
     objective = "scan_selection"  # the same label-free score as SCAN, on the final head
     search_objective = ("scan_selection", "min")
@@ -95,9 +94,7 @@ class ScanSelfLabel(ClusteringMethod):
     laptop = {}  # laptop fidelity (CPU-only clusters) trains as full
     search_space = staticmethod(_search_space)
 
-    def fit(self, inputs: FitInputs, hooks: loop.LoopHooks | None = None) -> dict[str, float]:
-        hooks = hooks or loop.LoopHooks()
-        cfg = self.config
+    def check(self, inputs: FitInputs) -> None:
         if inputs.init_state is None:
             raise UserError(
                 "scan_selflabel starts from a SCAN run; run it with --methods scan first"
@@ -107,54 +104,65 @@ class ScanSelfLabel(ClusteringMethod):
                 "scan_selflabel starts from a cached-mode SCAN head; drop scan.finetune "
                 "(finetune the self-label stage itself with --finetune)"
             )
-        if not 0.0 <= cfg.strong_dropout < 1.0:
-            raise UserError(f"strong_dropout must be in [0, 1), got {cfg.strong_dropout}")
-        torch.manual_seed(inputs.seed)
+        if not 0.0 <= self.config.strong_dropout < 1.0:
+            raise UserError(f"strong_dropout must be in [0, 1), got {self.config.strong_dropout}")
+
+    def plan(self, inputs: FitInputs, hooks: loop.LoopHooks) -> CachedPlan:
+        """SCAN's head, trained on cached embeddings (weak view = the embedding, strong view =
+        dropout on it), or, in finetune mode, passed on untrained to ``finetune`` (the
+        paper's mode: weak = eval view, strong = augmented image)."""
+        cfg = self.config
         features = torch.from_numpy(inputs.embeddings)
         head = ClusterHead(features.shape[1], inputs.num_clusters, inputs.init_state["kind"], "l2")
         head.load_state_dict(inputs.init_state["head"])
         with torch.no_grad():
             start_conf = F.softmax(head(features), -1).max(-1).values
-        confident = float((start_conf > cfg.threshold).float().mean())
-        if confident == 0.0:
+        self.confident_start = float((start_conf > cfg.threshold).float().mean())
+        if self.confident_start == 0.0:
             raise UserError(
                 f"no SCAN prediction is more confident than threshold={cfg.threshold} "
                 f"(max {float(start_conf.max()):.3f}); lower it with --set threshold=..."
             )
-        feats = inputs.embeddings
-        if not cfg.finetune:
-            batch = min(len(features), cfg.batch_size)
-            steps_per_epoch = -(-len(features) // batch)
-            epochs = max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))  # small sets
-            steps = _Steps(
-                cfg, features, max(1, batch // hooks.world_size), inputs.seed, hooks.world_rank
-            )
-            self.model = loop.fit_cached(
-                head, steps, hooks, epochs, steps_per_epoch, cfg.lr, cfg.weight_decay
-            )
-        else:  # the paper's mode: weak = eval view, strong = augmented image
+        batch = min(len(features), cfg.batch_size)
+        steps_per_epoch = -(-len(features) // batch)
+        self.epochs = max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))  # small sets
+        steps = _Steps(
+            cfg, features, max(1, batch // hooks.world_size), inputs.seed, hooks.world_rank
+        )
+        config = loop.cached_config(self.epochs, steps_per_epoch, cfg.lr, cfg.weight_decay)
+        return CachedPlan(head, steps, config, hooks, train=not cfg.finetune)
 
-            def sample(b: int, gen: torch.Generator) -> dict[str, Tensor]:
-                rows = torch.randint(0, len(features), (b,), generator=gen)
-                return {"weak": rows, "strong": rows}
+    def select(self, trained: nn.Module, inputs: FitInputs) -> dict[str, float]:
+        self.model = trained  # one head
+        return self._diagnostics(inputs, inputs.embeddings, self.epochs)
 
-            self.finetuned = finetune_model(
-                head,
-                inputs,
-                cfg,
-                hooks,
-                sample,
-                {"weak": "none", "strong": cfg.augment},
-                lambda m, b: _selflabel_step(m, b, cfg),
-            )
-            self.model = self.finetuned.head
-            feats = embed_images(self.finetuned, inputs.images)
+    def finetune(self, inputs: FitInputs, hooks: loop.LoopHooks) -> dict[str, float]:
+        cfg, n = self.config, len(inputs.embeddings)
+
+        def sample(b: int, gen: torch.Generator) -> dict[str, Tensor]:
+            rows = torch.randint(0, n, (b,), generator=gen)
+            return {"weak": rows, "strong": rows}
+
+        self.finetuned = finetune_model(
+            self.model,
+            inputs,
+            cfg,
+            hooks,
+            sample,
+            {"weak": "none", "strong": cfg.augment},
+            lambda m, b: _selflabel_step(m, b, cfg),
+        )
+        self.model = self.finetuned.head
+        feats = embed_images(self.finetuned, inputs.images)
+        return self._diagnostics(inputs, feats, cfg.ft_epochs)
+
+    def _diagnostics(self, inputs: FitInputs, feats: np.ndarray, epochs: int) -> dict[str, float]:
         p = Scan._probs(self.model, feats)
         return {
             self.objective: scan_selection_loss(p, inputs.neighbors),
-            "confident_frac_start": confident,
-            "confident_frac_end": float((p.max(1).values > cfg.threshold).float().mean()),
-            "epochs": cfg.ft_epochs if cfg.finetune else epochs,
+            "confident_frac_start": self.confident_start,
+            "confident_frac_end": float((p.max(1).values > self.config.threshold).float().mean()),
+            "epochs": epochs,
         }
 
     def predict(self, embeddings: np.ndarray) -> np.ndarray:

@@ -40,7 +40,7 @@ from trainables.losses.spice import (
     prototype_pseudo_labels,
     spice_ce,
 )
-from trainables.methods.base import DEFAULT_KMAX, ClusteringMethod, FitInputs
+from trainables.methods.base import DEFAULT_KMAX, CachedPlan, FitInputs, HeadMethod
 from trainables.pairs import dropout, unwrap
 
 log = logging.getLogger(__name__)
@@ -259,10 +259,9 @@ def _search_space(
     }
 
 
-class Spice(ClusteringMethod):
+class Spice(HeadMethod):
     Config = SpiceConfig
     needs = frozenset({"embeddings", "neighbors"})
-    trainable = True
     objective = "pseudo_label_ce"  # the kept SPICE-Self head's CE on its own pseudo-labels
     smoke = {
         "num_heads": 2,
@@ -280,8 +279,7 @@ class Spice(ClusteringMethod):
     laptop = {"num_heads": 2}
     search_space = staticmethod(_search_space)
 
-    def fit(self, inputs: FitInputs, hooks: loop.LoopHooks | None = None) -> dict[str, float]:
-        hooks = hooks or loop.LoopHooks()
+    def check(self, inputs: FitInputs) -> None:
         cfg, k = self.config, inputs.num_clusters
         n, kmax = inputs.neighbors.shape
         if not 2 <= cfg.reliable_neighbors <= kmax + 1:
@@ -291,29 +289,28 @@ class Spice(ClusteringMethod):
             )
         if n < k or not 0 <= cfg.strong_dropout < 1:
             raise UserError(f"SPICE needs N >= K ({n} < {k}?) and strong_dropout in [0, 1)")
-        torch.manual_seed(inputs.seed)
-        feats = F.normalize(torch.from_numpy(inputs.embeddings), dim=1)
-        heads = SpiceHeads(feats.shape[1], k, cfg.num_heads, cfg.hidden)
-        steps = _SelfSteps(cfg, heads, feats, k, inputs.seed)
-        heads = (
-            loop.fit(
-                heads,
-                steps,
-                loop.LoopConfig(
-                    epochs=cfg.epochs, steps_per_epoch=steps.steps_per_epoch, lr=cfg.lr
-                ),
-                loop.LoopHooks(
-                    device=hooks.device
-                ),  # no DDP: identical on every worker (same seed)
-            )
-            .cpu()
-            .eval()
+
+    def plan(self, inputs: FitInputs, hooks: loop.LoopHooks) -> CachedPlan:
+        """SPICE-Self: the heads on pseudo-labelled rows, without DDP (identical on every
+        worker: same seed)."""
+        cfg = self.config
+        self.feats = F.normalize(torch.from_numpy(inputs.embeddings), dim=1)
+        heads = SpiceHeads(self.feats.shape[1], inputs.num_clusters, cfg.num_heads, cfg.hidden)
+        steps = _SelfSteps(cfg, heads, self.feats, inputs.num_clusters, inputs.seed)
+        config = loop.LoopConfig(
+            epochs=cfg.epochs, steps_per_epoch=steps.steps_per_epoch, lr=cfg.lr
         )
-        # label-free head selection: pseudo-label CE on the whole set
+        return CachedPlan(heads, steps, config, loop.LoopHooks(device=hooks.device))
+
+    def select(self, trained: nn.Module, inputs: FitInputs) -> dict[str, float]:
+        """Label-free head selection (pseudo-label CE on the whole set), then the reliable set
+        SPICE-Semi trains on: confident rows that agree with their neighbours, balanced."""
         # deviation: SPICE keeps the minimum over heads and epochs (its checkpoint_select);
         # here over the heads of the last epoch only (no per-epoch head snapshots).
+        cfg, k, feats = self.config, inputs.num_clusters, self.feats
+        n = len(feats)
         with torch.no_grad():
-            logits = heads(feats)
+            logits = trained(feats)
             ces = []
             for lh in logits:
                 idx, y = prototype_pseudo_labels(
@@ -322,15 +319,19 @@ class Spice(ClusteringMethod):
                 ces.append(float(spice_ce(lh[idx], y, cfg.double_softmax)))
         best = int(np.argmin(ces))
         prob = F.softmax(logits[best], -1)
-        conf, pred = prob.max(1)
+        conf, self.pred = prob.max(1)
         table = np.concatenate(
             [np.arange(n)[:, None], inputs.neighbors[:, : cfg.reliable_neighbors - 1]], 1
         )
         reliable = local_consistency(
-            pred, conf, torch.from_numpy(table), cfg.consistency_ratio, cfg.confidence_threshold
+            self.pred,
+            conf,
+            torch.from_numpy(table),
+            cfg.consistency_ratio,
+            cfg.confidence_threshold,
         )
         gen = torch.Generator().manual_seed(inputs.seed)
-        balanced = balance_reliable(reliable, pred, k, gen, cfg.balance)
+        balanced = balance_reliable(reliable, self.pred, k, gen, cfg.balance)
         fallback = "none"
         if not balanced.any():
             # docs/methods.md, SPICE: empty-set fallback (balance=smallest: one cluster without
@@ -341,17 +342,34 @@ class Spice(ClusteringMethod):
             else:  # per cluster, the 10% most confident of its predicted rows
                 balanced = torch.zeros(n, dtype=torch.bool)
                 for c in range(k):
-                    rows = torch.nonzero(pred == c).squeeze(1)
+                    rows = torch.nonzero(self.pred == c).squeeze(1)
                     top = rows[
                         torch.argsort(conf[rows], descending=True)[: max(1, len(rows) // 10)]
                     ]
                     balanced[top] = True
             log.warning("SPICE: balanced reliable set empty; using the %s fallback", fallback)
-        reliable_idx = torch.nonzero(balanced).squeeze(1)
-        # SPICE-Semi: a fresh head on the reliable labels + FixMatch self-training
-        semi = SpiceHeads(feats.shape[1], k, 1, cfg.hidden)
+        self.reliable_idx = torch.nonzero(balanced).squeeze(1)
+        return {
+            self.objective: ces[best],
+            "selected_head": best,
+            "reliable_frac": float(reliable.float().mean()),
+            "reliable_used": len(self.reliable_idx),
+            "reliable_fallback": FALLBACKS.index(fallback),  # numeric: diagnostics are floats
+        }
+
+    def refine(self, inputs: FitInputs, hooks: loop.LoopHooks) -> dict[str, float]:
+        """SPICE-Semi: a fresh head on the reliable labels + FixMatch self-training (in
+        finetune mode with the backbone's last blocks on augmented images)."""
+        cfg, feats, n = self.config, self.feats, len(self.feats)
+        semi = SpiceHeads(feats.shape[1], inputs.num_clusters, 1, cfg.hidden)
         semi_steps = _SemiSteps(
-            cfg, feats, reliable_idx, pred, inputs.seed, hooks.world_rank, hooks.world_size
+            cfg,
+            feats,
+            self.reliable_idx,
+            self.pred,
+            inputs.seed,
+            hooks.world_rank,
+            hooks.world_size,
         )
         per_epoch = max(1, math.ceil(n / (semi_steps.ub * hooks.world_size)))
         if cfg.finetune:
@@ -369,32 +387,24 @@ class Spice(ClusteringMethod):
                 steps_per_epoch=ft_steps,
             )
             self.model = self.finetuned.head
-            epochs = cfg.ft_epochs
-        else:
-            epochs = max(cfg.semi_epochs, math.ceil(cfg.semi_min_steps / per_epoch))
-            self.model = loop.fit(
-                semi,
-                semi_steps,
-                loop.LoopConfig(
-                    epochs=epochs,
-                    steps_per_epoch=per_epoch,
-                    lr=cfg.semi_lr,
-                    weight_decay=cfg.semi_weight_decay,
-                    optimizer="sgd",
-                    schedule="cosine",
-                    report_every=max(1, epochs // 10),
-                ),
-                hooks,
-            )
-            self.model = unwrap(self.model).cpu().eval()
-        return {
-            self.objective: ces[best],
-            "selected_head": best,
-            "reliable_frac": float(reliable.float().mean()),
-            "reliable_used": len(reliable_idx),
-            "reliable_fallback": FALLBACKS.index(fallback),  # numeric: diagnostics are floats
-            "semi_epochs": epochs,
-        }
+            return {"semi_epochs": cfg.ft_epochs}
+        epochs = max(cfg.semi_epochs, math.ceil(cfg.semi_min_steps / per_epoch))
+        self.model = loop.fit(
+            semi,
+            semi_steps,
+            loop.LoopConfig(
+                epochs=epochs,
+                steps_per_epoch=per_epoch,
+                lr=cfg.semi_lr,
+                weight_decay=cfg.semi_weight_decay,
+                optimizer="sgd",
+                schedule="cosine",
+                report_every=max(1, epochs // 10),
+            ),
+            hooks,
+        )
+        self.model = unwrap(self.model).cpu().eval()
+        return {"semi_epochs": epochs}
 
     @torch.no_grad()
     def predict(self, embeddings: np.ndarray) -> np.ndarray:

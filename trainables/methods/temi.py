@@ -23,7 +23,7 @@ from deepclust.config import CheckedChoices, Count, Fraction, Rate
 from deepclust.errors import UserError
 from trainables import loop
 from trainables.losses.temi import teacher_probs, temi_loss, update_marginal
-from trainables.methods.base import DEFAULT_KMAX, ClusteringMethod, FitInputs
+from trainables.methods.base import DEFAULT_KMAX, CachedPlan, FitInputs, HeadMethod
 from trainables.pairs import NeighborPairs, PairSteps, cached_schedule, check_k, unwrap
 
 
@@ -152,10 +152,9 @@ def _search_space(
     }
 
 
-class Temi(ClusteringMethod):
+class Temi(HeadMethod):
     Config = TemiConfig
     needs = frozenset({"embeddings", "neighbors"})
-    trainable = True
     objective = "temi_loss"  # epoch-mean loss of the selected head (lowest over heads)
     smoke = {
         "epochs": 3,
@@ -171,16 +170,17 @@ class Temi(ClusteringMethod):
     laptop = {"num_heads": 1}
     search_space = staticmethod(_search_space)
 
-    def fit(self, inputs: FitInputs, hooks: loop.LoopHooks | None = None) -> dict[str, float]:
-        hooks = hooks or loop.LoopHooks()
+    def check(self, inputs: FitInputs) -> None:
         cfg = self.config
-        n, kmax = inputs.neighbors.shape
-        check_k("num_neighbors", cfg.num_neighbors, kmax)
+        check_k("num_neighbors", cfg.num_neighbors, inputs.neighbors.shape[1])
         if cfg.num_heads < 1 or cfg.beta <= 0:
             raise UserError(
                 f"TEMI needs num_heads >= 1 and beta > 0, got {cfg.num_heads}, {cfg.beta}"
             )
-        torch.manual_seed(inputs.seed)
+
+    def plan(self, inputs: FitInputs, hooks: loop.LoopHooks) -> CachedPlan:
+        cfg = self.config
+        n = len(inputs.neighbors)
         batch, epochs, steps_per_epoch = cached_schedule(
             n, cfg.batch_size, cfg.epochs, (40, 64, 1024), cfg.min_steps
         )
@@ -195,7 +195,7 @@ class Temi(ClusteringMethod):
             ),
             inputs.num_clusters,
         )
-        steps = _TemiSteps(
+        self.steps = _TemiSteps(
             cfg,
             model,
             steps_per_epoch,
@@ -205,33 +205,24 @@ class Temi(ClusteringMethod):
             seed=inputs.seed,
             rank=hooks.world_rank,
         )
-        model = (
-            loop.fit(
-                model,
-                steps,
-                loop.LoopConfig(
-                    epochs=epochs,
-                    steps_per_epoch=steps_per_epoch,
-                    lr=cfg.lr * batch / 256,
-                    weight_decay=cfg.weight_decay,
-                    optimizer="adamw",
-                    warmup_steps=min(cfg.warmup_epochs, epochs // 2) * steps_per_epoch,
-                    report_every=max(1, epochs // 10),
-                ),
-                hooks,
-            )
-            .cpu()
-            .eval()
+        self.schedule = {"batch_size": batch, "epochs": epochs}
+        config = loop.LoopConfig(
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            lr=cfg.lr * batch / 256,
+            weight_decay=cfg.weight_decay,
+            optimizer="adamw",
+            warmup_steps=min(cfg.warmup_epochs, epochs // 2) * steps_per_epoch,
+            report_every=max(1, epochs // 10),
         )
-        self.model = model
-        best = int(model.best_head)
-        head_means = steps.head_sums / steps_per_epoch
-        return {
-            self.objective: float(head_means[best]),
-            "selected_head": best,
-            "batch_size": batch,
-            "epochs": epochs,
-        }
+        return CachedPlan(model, self.steps, config, hooks)
+
+    def select(self, trained: nn.Module, inputs: FitInputs) -> dict[str, float]:
+        """The head with the lowest last-epoch mean loss (kept by the batches, as TEMI's)."""
+        self.model = trained
+        best = int(trained.best_head)
+        head_means = self.steps.head_sums / self.steps.steps_per_epoch
+        return {self.objective: float(head_means[best]), "selected_head": best, **self.schedule}
 
     @torch.no_grad()
     def predict(self, embeddings: np.ndarray) -> np.ndarray:

@@ -42,7 +42,7 @@ from trainables.losses.neighbors import (
     probs,
     supervised_term,
 )
-from trainables.methods.base import DEFAULT_KMAX, ClusteringMethod, FitInputs
+from trainables.methods.base import DEFAULT_KMAX, CachedPlan, FitInputs, HeadMethod
 
 log = logging.getLogger(__name__)
 
@@ -307,10 +307,9 @@ def _search_space(
     return out
 
 
-class Unic(ClusteringMethod):
+class Unic(HeadMethod):
     Config = UnicConfig
     needs = frozenset({"embeddings", "neighbors"})
-    trainable = True
     # docs/methods.md, UNIC: model selection: raw top-5 consistency + random-partner
     # separation - H(mean prediction)
     objective = "selection_score"
@@ -370,9 +369,11 @@ class Unic(ClusteringMethod):
         self.resolved = cfg
         return cfg, PairSampler(cfg, positives, inputs.neighbors, negatives, labelled)
 
-    def fit(self, inputs: FitInputs, hooks: loop.LoopHooks | None = None) -> dict[str, float]:
-        hooks = hooks or loop.LoopHooks()
-        torch.manual_seed(inputs.seed)
+    def check(self, inputs: FitInputs) -> None:
+        if self.config.finetune and (inputs.images is None or inputs.backbone is None):
+            raise UserError("finetune mode needs the fit split's images and backbone name")
+
+    def plan(self, inputs: FitInputs, hooks: loop.LoopHooks) -> CachedPlan:
         cfg, sampler = self._prepare(inputs)
         if hooks.want_objective and not cfg.finetune:  # a search reads it at every report
             hooks = replace(hooks, evaluate=lambda model: self._report_score(model, inputs))
@@ -384,25 +385,27 @@ class Unic(ClusteringMethod):
             heads.append(one)
         head = MultiHead(heads) if cfg.num_heads > 1 else heads[0]
         batch = max(1, cfg.batch_size // hooks.world_size)
-        steps = _CachedSteps(sampler, features, batch, inputs.seed, hooks.world_rank)
-        cached_loop = loop.LoopConfig(
+        self.cached = _CachedSteps(sampler, features, batch, inputs.seed, hooks.world_rank)
+        config = loop.LoopConfig(
             epochs=cfg.epochs,
             steps_per_epoch=math.ceil(len(features) / cfg.batch_size),
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
             report_every=max(1, cfg.epochs // 10),  # ~10 checkpoints: cached epochs are short
         )
-        if cfg.finetune:
-            from trainables.finetune import embed_images
+        # finetune mode: the heads warm-start on embeddings (same seed on every worker:
+        # identical warm starts) unless init_head_from_cached is off
+        train = not cfg.finetune or cfg.init_head_from_cached
+        return CachedPlan(head, self.cached, config, hooks, train)
 
-            self.model = self._finetune(inputs, head, steps, cached_loop, hooks)
-            # scored as it predicts: the head on the finetuned backbone's features of the fit
-            # images (the pretrained cached embeddings are not what the head now sees)
-            features = embed_images(self.model, inputs.images)
+    def select(self, trained: nn.Module, inputs: FitInputs) -> dict[str, float]:
+        if self.resolved.finetune and not self.resolved.init_head_from_cached:
+            # no warm start: keep the first restart
+            self.model = trained.heads[0] if isinstance(trained, MultiHead) else trained
         else:
-            self.model = self._select_head(loop.fit(head, steps, cached_loop, hooks), inputs)
-            features = inputs.embeddings
-        self.diagnostics[self.objective] = self.selection_score(inputs, features)
+            self.model = self._select_head(trained, inputs)
+        if not self.resolved.finetune:
+            self.diagnostics[self.objective] = self.selection_score(inputs)
         return dict(self.diagnostics)
 
     def _report_score(self, model: nn.Module, inputs: FitInputs) -> dict[str, float]:
@@ -433,27 +436,13 @@ class Unic(ClusteringMethod):
         )
         return trained.heads[best]
 
-    def _finetune(
-        self,
-        inputs: FitInputs,
-        head: ClusterHead,
-        cached: _CachedSteps,
-        cached_loop: loop.LoopConfig,
-        hooks: loop.LoopHooks,
-    ) -> nn.Module:
-        """docs/methods.md, UNIC: finetune mode: warm-start the head on embeddings, then train
-        the last backbone blocks + head on augmented images of anchors, positives and
-        negatives."""
-        from trainables.finetune import finetune_model
+    def finetune(self, inputs: FitInputs, hooks: loop.LoopHooks) -> dict[str, float]:
+        """docs/methods.md, UNIC: finetune mode: the last backbone blocks + the (warm-started)
+        head on augmented images of anchors, positives and negatives; scored as it predicts:
+        the head on the finetuned backbone's features of the fit images."""
+        from trainables.finetune import embed_images, finetune_model
 
-        cfg = self.resolved
-        if inputs.images is None or inputs.backbone is None:
-            raise UserError("finetune mode needs the fit split's images and backbone name")
-        if cfg.init_head_from_cached:  # same seed on every worker -> identical warm starts
-            head = loop.fit(head, cached, cached_loop, loop.warm_start_hooks(hooks, True))
-            head = self._select_head(head, inputs)
-        elif isinstance(head, MultiHead):  # no warm start: keep the first restart
-            head = head.heads[0]
+        cfg, cached = self.resolved, self.cached
 
         def sample(batch: int, gen: torch.Generator) -> dict[str, Tensor]:
             ids = cached.sampler.sample(batch, gen)
@@ -462,8 +451,8 @@ class Unic(ClusteringMethod):
             return ids
 
         views = dict.fromkeys(("anchor", "positive", "negative"), cfg.augment)
-        return finetune_model(
-            head,
+        self.model = finetune_model(
+            self.model,
             inputs,
             cfg,
             hooks,
@@ -473,6 +462,9 @@ class Unic(ClusteringMethod):
             optimizer="sgd",
             schedule="cosine",
         )
+        features = embed_images(self.model, inputs.images)
+        self.diagnostics[self.objective] = self.selection_score(inputs, features)
+        return dict(self.diagnostics)
 
     def predict_images(self, images, batch_size: int = 64) -> np.ndarray:
         """Cluster ids of an ImageSet through the finetuned backbone + head (eval geometry)."""
