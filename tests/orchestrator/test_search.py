@@ -203,9 +203,9 @@ def _sweep_cmd(parquet, out, *extra):
     ]
 
 
-def _finished_trials(out: Path) -> dict[Path, bytes]:
+def _finished_trials(out: Path, method: str = "unic") -> dict[Path, bytes]:
     done = {}
-    for result in out.glob("tune/unic-*/*/result.json"):
+    for result in out.glob(f"tune/{method}-*/*/result.json"):
         text = result.read_bytes()
         if b'"final": 1.0' in text:
             done[result] = text
@@ -302,6 +302,75 @@ def test_ctrl_c_mid_search_exits_130_and_resume_runs_only_the_rest(parquets, tmp
     assert unic["trials"] == 4 and unic["selected_by"] == "selection_score"
     assert unic["oracle"] is False and not (out / "runs-oracle").exists()
     assert unic["seeds"] == 2 and unic["config_hash"] == record["config_hash"]
+
+
+def test_a_search_interrupted_then_resumed_equals_an_uninterrupted_one(parquets, tmp_path):
+    """The same SCAN search (FIFO: no scheduler decision depends on timing) run through, and
+    interrupted by a real SIGINT once a trial has finished, then continued with --resume: the
+    same trials (configurations and objective values) and the same selected configuration."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+
+    def cmd(out: Path, *extra: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "orchestrator.sweep",
+            "--benchmark",
+            f"parquet:{parquets[0]}",
+            "--methods",
+            "scan",
+            "--budget",
+            "6",
+            "--fidelity",
+            "smoke",
+            "--seeds",
+            "0",
+            "--output",
+            str(out),
+            *extra,
+        ]
+
+    whole = subprocess.run(
+        cmd(tmp_path / "whole"), cwd=REPO, capture_output=True, text=True, env=env, timeout=600
+    )
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    cut = tmp_path / "cut"
+    log = tmp_path / "cut.log"
+    with log.open("wb") as sink:
+        first = subprocess.Popen(
+            cmd(cut),
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    deadline = time.time() + 400
+    try:
+        while not _finished_trials(cut, "scan") and time.time() < deadline:
+            if first.poll() is not None:
+                pytest.fail(f"the sweep ended before a trial finished:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        os.killpg(first.pid, signal.SIGINT)
+        code = first.wait(timeout=120)
+    finally:
+        kill_session(first)
+        first.wait()
+    assert code == 130, log.read_text()[-3000:]
+    assert not list(cut.glob(f"tune/*/{SEARCH_FILE}"))  # interrupted before the search ended
+    resumed = subprocess.run(
+        cmd(cut, "--resume"), cwd=REPO, capture_output=True, text=True, env=env, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records = {}
+    for name in ("whole", "cut"):
+        (path,) = (tmp_path / name).glob(f"tune/*/{SEARCH_FILE}")
+        records[name] = json.loads(path.read_text())
+    assert _trials(records["cut"]) == _trials(records["whole"])
+    assert len(_trials(records["whole"])) == 6
+    for key in ("config", "trials", "best_value"):
+        assert records["cut"]["outcome"][key] == records["whole"]["outcome"][key], key
+    assert records["cut"]["config_hash"] == records["whole"]["config_hash"]
 
 
 def _nan_copy(src: Path, dst: Path) -> Path:
