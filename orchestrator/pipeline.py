@@ -103,6 +103,22 @@ class GcdContext:
     key: str
 
 
+@dataclass(frozen=True)
+class BenchmarkContext:
+    """What a benchmark's stages produced, and where its runs go: every run on the benchmark
+    reads it (the embeddings of both splits, the fit split's kNN table, the GCD split)."""
+
+    splits: BenchmarkSplits
+    fit_emb: Embeddings
+    eval_emb: Embeddings
+    neighbors: np.ndarray  # (N, kmax) mined neighbour ids of the fit split
+    neighbors_meta: dict[str, Any]  # the table's cache meta: key, path, nbr_precision@k
+    settings: SweepSettings
+    store: ArtifactStore
+    ray_session: RaySession | None = None  # None inside a seed task (it starts nothing)
+    gcd: GcdContext | None = None  # the GCD setting; None: clustering
+
+
 def _absolute(name: str) -> str:
     """``parquet:``/``folder:`` names with an absolute path (Ray workers have another cwd)."""
     prefix, sep, path = name.partition(":")
@@ -145,15 +161,8 @@ def _job(
 
 def run_method(
     run: MethodRun,
-    splits: BenchmarkSplits,
-    fit_emb: Embeddings,
-    eval_emb: Embeddings,
-    neighbors: tuple[np.ndarray, dict],
-    settings: SweepSettings,
-    store: ArtifactStore,
-    ray_session: RaySession,
+    ctx: BenchmarkContext,
     require_state: bool = False,
-    gcd: GcdContext | None = None,
     cached_only: bool = False,
     fitted: inputs.KeptFit | None = None,
 ) -> dict[str, Any] | None:
@@ -165,7 +174,7 @@ def run_method(
     ``fitted``: a search trial's fit of exactly this run (same config, seed and inputs), used
     instead of training it again.
 
-    ``gcd`` (the split, its file and key): the GCD setting. Methods with ``gcd_labels`` get the
+    ``ctx.gcd`` (the split, its file and key): the GCD setting. Methods with ``gcd_labels`` get the
     labelled rows and their labels, nothing else; every run is scored on the unlabelled rows.
 
     ``require_state``: a cached run without its exported state (a later stage needs it) is
@@ -176,6 +185,8 @@ def run_method(
     the parent's saved state.
     """
     method_cls = METHODS.get(run.method)
+    splits, fit_emb, eval_emb, gcd = ctx.splits, ctx.fit_emb, ctx.eval_emb, ctx.gcd
+    settings, store = ctx.settings, ctx.store
     setting = "gcd" if gcd else "clustering"
     if setting not in method_cls.settings:
         raise UserError(
@@ -183,7 +194,7 @@ def run_method(
             f"use --setting {sorted(method_cls.settings)[0]}"
         )
     config_dict = to_dict(from_dict(method_cls.Config, run.config))
-    nbr_meta = neighbors[1]
+    nbr_meta = ctx.neighbors_meta
     parent, parent_key, init_state = None, None, None
     if run.parent_config and not method_cls.starts_from:
         raise UserError(f"method '{run.method}' has no parent stage; drop the parent overrides")
@@ -196,19 +207,7 @@ def run_method(
             subset=run.subset,
             oracle=run.oracle,
         )
-        parent = run_method(
-            parent_run,
-            splits,
-            fit_emb,
-            eval_emb,
-            neighbors,
-            settings,
-            store,
-            ray_session,
-            require_state=True,
-            gcd=gcd,
-            cached_only=cached_only,
-        )
+        parent = run_method(parent_run, ctx, require_state=True, cached_only=cached_only)
         if parent is None:
             return None
         parent_key = parent["key"]
@@ -268,7 +267,7 @@ def run_method(
 
         if init_state is not None:  # a planted or damaged file: one line here, not per worker
             inputs.load_state(str(init_state))
-        resources = ray_session.resources()
+        resources = ctx.ray_session.resources()
         job = _job(
             run,
             init_state,
@@ -301,7 +300,7 @@ def run_method(
                 embeddings=fit_emb.features,
                 num_clusters=splits.fit.num_classes,
                 seed=run.seed,
-                neighbors=neighbors[0] if "neighbors" in method_cls.needs else None,
+                neighbors=ctx.neighbors if "neighbors" in method_cls.needs else None,
                 labels=fit_emb.labels if method_cls.uses_labels else None,
                 init_state=inputs.load_state(str(init_state) if init_state else None),
                 **(_gcd_inputs(gcd.split, method_cls.gcd_labels) if gcd else {}),
@@ -372,10 +371,7 @@ def _trains_with_ray_train(run: MethodRun) -> bool:
 
 def _run_all(
     runs: list[MethodRun],
-    args: tuple,
-    gcd,
-    ray_session: RaySession,
-    on_gpu: bool,
+    ctx: BenchmarkContext,
     require_state: bool = False,
     background: bool = False,
 ):
@@ -392,11 +388,11 @@ def _run_all(
     results: dict[int, dict[str, Any]] = {}
     pending = []
     for i, run in enumerate(runs):
-        cached = run_method(run, *args, require_state, gcd, cached_only=True)
+        cached = run_method(run, ctx, require_state, cached_only=True)
         if cached is not None:
             results[i] = cached
         elif _trains_with_ray_train(run):
-            results[i] = run_method(run, *args, require_state, gcd)
+            results[i] = run_method(run, ctx, require_state)
         else:
             pending.append(i)
     waves = [
@@ -404,10 +400,11 @@ def _run_all(
         for staged in (False, True)
         if (wave := [i for i in pending if bool(METHODS.get(runs[i].method).starts_from) == staged])
     ]
-    gpus = ray_session.resources().gpus if on_gpu and waves else 0
+    on_gpu = ctx.settings.train_on_gpu and waves
+    gpus = ctx.ray_session.resources().gpus if on_gpu else 0
     last = None
     for n, wave in enumerate(waves):
-        submitted = _submit_in_parallel([runs[i] for i in wave], args, gcd, gpus, require_state)
+        submitted = _submit_in_parallel([runs[i] for i in wave], ctx, gpus, require_state)
         if background and n == len(waves) - 1:
             last = (wave, submitted)
         else:
@@ -528,10 +525,14 @@ def run_benchmark(
     gcd = None
     if settings.setting == "gcd":
         splits = BenchmarkSplits(splits.spec, splits.fit, splits.fit)
-    fit_emb, eval_emb, neighbors = prepare_artifacts(splits, settings, store, ray_session)
+    fit_emb, eval_emb, (neighbors, nbr_meta) = prepare_artifacts(
+        splits, settings, store, ray_session
+    )
     if settings.setting == "gcd":
         gcd = ensure_gcd_split(splits, fit_emb, settings, store)
-    args = (splits, fit_emb, eval_emb, neighbors, settings, store, ray_session)
+    ctx = BenchmarkContext(
+        splits, fit_emb, eval_emb, neighbors, nbr_meta, settings, store, ray_session, gcd
+    )
     if search is not None and runs is None:
         from orchestrator.search import SearchFailed
 
@@ -550,8 +551,7 @@ def run_benchmark(
             try:
                 running[method] = _search_and_run(
                     method,
-                    *args,
-                    gcd,
+                    ctx,
                     search,
                     chosen,
                     background=True,
@@ -570,7 +570,7 @@ def run_benchmark(
     runs = runs or [
         MethodRun(m, seed, workers=0) for m in settings.methods for seed in settings.seeds
     ]
-    return _run_all(runs, args, gcd, ray_session, settings.train_on_gpu)
+    return _run_all(runs, ctx)
 
 
 def _without_images(imageset: ImageSet) -> ImageSet:
@@ -586,23 +586,23 @@ def _without_images(imageset: ImageSet) -> ImageSet:
     )
 
 
-def _task_inputs(args: tuple, gcd) -> dict[str, Any]:
+def _task_inputs(ctx: BenchmarkContext) -> dict[str, Any]:
     """What a seed task is sent: artifact paths and small metadata, no per-image array."""
-    splits, fit_emb, eval_emb, neighbors, settings, store, _ = args
+    splits, gcd = ctx.splits, ctx.gcd
     return {
         "splits": BenchmarkSplits(
             splits.spec, _without_images(splits.fit), _without_images(splits.eval)
         ),
-        "fit": fit_emb.meta["path"],
-        "eval": eval_emb.meta["path"],
-        "neighbors": neighbors[1],
-        "settings": settings,
-        "store": store,
+        "fit": ctx.fit_emb.meta["path"],
+        "eval": ctx.eval_emb.meta["path"],
+        "neighbors": ctx.neighbors_meta,
+        "settings": ctx.settings,
+        "store": ctx.store,
         "gcd": (str(gcd.path), gcd.key) if gcd else None,
     }
 
 
-def _read_task_inputs(shared: dict[str, Any]) -> tuple:
+def _read_task_inputs(shared: dict[str, Any]) -> BenchmarkContext:
     """The seed task's own reads of the artifacts the driver named (shared storage on a
     cluster, like every artifact)."""
     store: ArtifactStore = shared["store"]
@@ -613,13 +613,21 @@ def _read_task_inputs(shared: dict[str, Any]) -> tuple:
         else store.read_embeddings(Path(shared["eval"]), features=False)
     )
     nbr_meta = shared["neighbors"]
-    neighbors = (store.read_neighbors(Path(nbr_meta["path"]))[0], nbr_meta)
     gcd = None
     if shared["gcd"]:
         path, key = shared["gcd"]
         with np.load(path) as f:
             gcd = GcdContext(GcdSplit.from_arrays(dict(f)), Path(path), key)
-    return fit_emb, eval_emb, neighbors, gcd
+    return BenchmarkContext(
+        shared["splits"],
+        fit_emb,
+        eval_emb,
+        store.read_neighbors(Path(nbr_meta["path"]))[0],
+        nbr_meta,
+        shared["settings"],
+        store,
+        gcd=gcd,
+    )
 
 
 def _run_task(run: MethodRun, shared: dict[str, Any], require_state: bool) -> dict[str, Any]:
@@ -627,15 +635,11 @@ def _run_task(run: MethodRun, shared: dict[str, Any], require_state: bool) -> di
     import torch
 
     torch.set_num_threads(1)
-    fit_emb, eval_emb, neighbors, gcd = _read_task_inputs(shared)
-    splits, settings, store = shared["splits"], shared["settings"], shared["store"]
-    return run_method(
-        run, splits, fit_emb, eval_emb, neighbors, settings, store, None, require_state, gcd
-    )
+    return run_method(run, _read_task_inputs(shared), require_state)
 
 
 def _submit_in_parallel(
-    runs: list[MethodRun], args: tuple, gcd, gpus: int = 0, require_state: bool = False
+    runs: list[MethodRun], ctx: BenchmarkContext, gpus: int = 0, require_state: bool = False
 ) -> Callable[[], list[dict[str, Any]]]:
     """Runs that train in one process (heads on cached embeddings, k-means), as Ray tasks side
     by side: one GPU each when the cluster has GPUs, else one CPU each (one torch thread per
@@ -645,8 +649,8 @@ def _submit_in_parallel(
     return at once). Returns at once; the function it returns waits for the runs."""
     import ray
 
-    splits = args[0]
-    shared = ray.put(_task_inputs(args, gcd))
+    splits = ctx.splits
+    shared = ray.put(_task_inputs(ctx))
     task = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0)(_run_task)
     refs = [task.remote(r, shared, require_state) for r in runs]
 
@@ -672,14 +676,7 @@ SEARCH_VAL_FRAC = 0.2  # GCD search: held-out share of each Old class's labelled
 
 def _search_and_run(
     method: str,
-    splits: BenchmarkSplits,
-    fit_emb: Embeddings,
-    eval_emb: Embeddings,
-    neighbors: tuple[np.ndarray, dict],
-    settings: SweepSettings,
-    store: ArtifactStore,
-    ray_session: RaySession,
-    gcd: GcdContext | None,
+    ctx: BenchmarkContext,
     search,
     chosen: dict[str, tuple[dict[str, Any], bool]],
     background: bool = False,
@@ -709,7 +706,8 @@ def _search_and_run(
     # a controller and a placement group for no parallelism). A finetune config still goes
     # through Ray Train in run_method.
     workers = 0
-    args = (splits, fit_emb, eval_emb, neighbors, settings, store, ray_session)
+    splits, fit_emb, eval_emb, gcd = ctx.splits, ctx.fit_emb, ctx.eval_emb, ctx.gcd
+    settings, store = ctx.settings, ctx.store
     parent_cfg: dict[str, Any] = {}
     parent_oracle = False
     if method_cls.starts_from:
@@ -723,14 +721,13 @@ def _search_and_run(
         search_gcd = ensure_gcd_split(
             splits, fit_emb, replace(settings, gcd_val_frac=SEARCH_VAL_FRAC), store
         )
+    search_ctx = replace(ctx, gcd=search_gcd)
     parent, init_state = None, None
     if searching and method_cls.starts_from:  # the trials start from the parent's state
         parent_run = MethodRun(
             method_cls.starts_from, search.seed, parent_cfg, workers, oracle=oracle
         )
-        (parent,) = _run_all(
-            [parent_run], args, search_gcd, ray_session, settings.train_on_gpu, require_state=True
-        )
+        (parent,) = _run_all([parent_run], search_ctx, require_state=True)
         init_state = Path(parent["run_dir"]) / inputs.STATE_FILE
         inputs.load_state(str(init_state))  # a planted or damaged file: one line, not per trial
     exp_root = store.root / "tune"
@@ -740,7 +737,7 @@ def _search_and_run(
         splits,
         fit_emb,
         eval_emb,
-        neighbors[1],
+        ctx.neighbors_meta,
         settings,
         exp_root / "work",
         search_gcd.path if search_gcd else None,
@@ -753,13 +750,13 @@ def _search_and_run(
         "backbone": settings.backbone,
         "fit": fit_emb.meta["key"],
         "eval": eval_emb.meta["key"],
-        "neighbors": neighbors[1]["key"],
+        "neighbors": ctx.neighbors_meta["key"],
         "gcd": search_gcd.key if search_gcd else None,
         "parent": parent["key"] if parent else None,
     }
-    kmax = int(neighbors[0].shape[1])
+    kmax = int(ctx.neighbors.shape[1])
     outcome, key = search_method(
-        method, job, identity, store, ray_session, settings.setting, search, kmax
+        method, job, identity, store, ctx.ray_session, settings.setting, search, kmax
     )
     chosen[method] = (outcome.config, oracle)
     runs = [
@@ -770,10 +767,10 @@ def _search_and_run(
         run = runs[settings.seeds.index(search.seed)]
         kept = inputs.kept_fit(Path(outcome.path) / "fits", outcome.config, search.seed)
         if kept is not None and not _trains_with_ray_train(run):
-            run_method(run, *args, False, gcd, fitted=kept)
+            run_method(run, ctx, fitted=kept)
     if before_runs is not None:
         before_runs()
-    pending = _run_all(runs, args, gcd, ray_session, settings.train_on_gpu, background=True)
+    pending = _run_all(runs, ctx, background=True)
 
     def finish() -> list[dict[str, Any]]:
         results = pending()

@@ -14,6 +14,7 @@ from deepclust.artifacts import ArtifactStore, Embeddings
 from deepclust.datasets import resolve_dataset
 from deepclust.errors import UserError
 from orchestrator.pipeline import (
+    BenchmarkContext,
     BenchmarkSplits,
     MethodRun,
     SweepSettings,
@@ -58,18 +59,12 @@ def _digits_pool(labels=None):
 
 def _run(tmp_path, method, emb, splits, gcd, out, config=None):
     store = ArtifactStore(tmp_path / out)
-    nbr = (np.zeros((len(emb.labels), 1), dtype=np.int64), {"key": "n0"})
-    return run_method(
-        MethodRun(method, 0, dict(METHODS.get(method).smoke) if config is None else config),
-        splits,
-        emb,
-        emb,
-        nbr,
-        _settings(tmp_path),
-        store,
-        ray_session=None,
-        gcd=gcd,
-    ), store
+    nbr = np.zeros((len(emb.labels), 1), dtype=np.int64)
+    ctx = BenchmarkContext(
+        splits, emb, emb, nbr, {"key": "n0"}, _settings(tmp_path), store, gcd=gcd
+    )
+    config = dict(METHODS.get(method).smoke) if config is None else config
+    return run_method(MethodRun(method, 0, config), ctx), store
 
 
 @pytest.mark.parametrize("method", ["kmeans", "sskmeans"])

@@ -133,7 +133,7 @@ def _digits_inputs(tmp_path):
     """The digits benchmark with synthetic embeddings: a search-and-run without Ray."""
     from deepclust.artifacts import Embeddings
     from deepclust.datasets import resolve_dataset
-    from orchestrator.pipeline import BenchmarkSplits
+    from orchestrator.pipeline import BenchmarkContext, BenchmarkSplits
     from tests.conftest import sweep_settings
 
     spec = resolve_dataset("digits")
@@ -142,11 +142,13 @@ def _digits_inputs(tmp_path):
     x = rng.normal(size=(10, 8))[images.labels] + 0.5 * rng.normal(size=(len(images), 8))
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     emb = Embeddings(x, images.labels.astype(np.int64), {"key": "emb0", "path": "unused"})
-    nbr = (np.zeros((len(x), 1), dtype=np.int64), {"key": "n0", "path": None})
+    nbr = np.zeros((len(x), 1), dtype=np.int64)
     out = tmp_path / "out"
     settings = sweep_settings(out, ("kmeans",), seeds=(0, 1), train_on_gpu=False)
     splits = BenchmarkSplits(spec, images, images)
-    return (splits, emb, emb, nbr, settings, ArtifactStore(out), None)
+    return BenchmarkContext(
+        splits, emb, emb, nbr, {"key": "n0", "path": None}, settings, ArtifactStore(out)
+    )
 
 
 def test_honest_and_oracle_runs_of_one_config_live_apart(tmp_path, monkeypatch):
@@ -169,19 +171,19 @@ def test_honest_and_oracle_runs_of_one_config_live_apart(tmp_path, monkeypatch):
         outcome = search.SearchOutcome({}, 3, 1.0, metric, mode, 0.5, opts.oracle, str(path))
         return outcome, f"key-{opts.oracle}"
 
-    def in_process(runs, args, gcd, gpus=0, require_state=False):
-        results = [pipeline.run_method(r, *args, require_state, gcd) for r in runs]
+    def in_process(runs, ctx, gpus=0, require_state=False):
+        results = [pipeline.run_method(r, ctx, require_state) for r in runs]
         return lambda: results
 
     monkeypatch.setattr(search, "search_method", fake_search)
     monkeypatch.setattr(search_spaces, "is_empty", lambda method: False)  # kmeans "searched"
     monkeypatch.setattr(pipeline, "_submit_in_parallel", in_process)
-    args = _digits_inputs(tmp_path)
-    store = args[5]
+    ctx = _digits_inputs(tmp_path)
+    store = ctx.store
 
     def search_and_run(oracle):
         opts = search.SearchOptions(budget=3, fidelity="smoke", oracle=oracle)
-        return pipeline._search_and_run("kmeans", *args, None, opts, {})
+        return pipeline._search_and_run("kmeans", ctx, opts, {})
 
     def rows():
         table, markdown = write_leaderboard(store)

@@ -212,6 +212,33 @@ def _finished_trials(out: Path, method: str = "unic") -> dict[Path, bytes]:
     return done
 
 
+def _interrupt_once_a_trial_finished(
+    cmd: list[str], out: Path, method: str, log: Path, env: dict, settle_s: float = 0.0
+) -> tuple[int, dict[Path, bytes]]:
+    """Start a sweep in its own process session, send the whole group SIGINT (Ctrl-C in a
+    terminal) ``settle_s`` after the first trial of ``method`` finished; return the exit code
+    and the trials finished ``settle_s`` before the interrupt."""
+    with log.open("wb") as sink:
+        first = subprocess.Popen(
+            cmd, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    deadline = time.time() + 400
+    try:
+        while not _finished_trials(out, method) and time.time() < deadline:
+            if first.poll() is not None:
+                pytest.fail(f"the sweep ended before a trial finished:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        finished = _finished_trials(out, method)
+        time.sleep(settle_s)
+        os.killpg(first.pid, signal.SIGINT)
+        code = first.wait(timeout=120)
+    finally:
+        kill_session(first)  # whatever Ray left behind
+        first.wait()
+    assert finished, "no trial finished within the time limit"
+    return code, finished
+
+
 def test_ctrl_c_mid_search_exits_130_and_resume_runs_only_the_rest(parquets, tmp_path):
     """A real SIGINT to the sweep's process group once a trial has finished: exit 130 with one
     line naming --resume, no search recorded as finished; the plain rerun asks for --resume;
@@ -220,35 +247,15 @@ def test_ctrl_c_mid_search_exits_130_and_resume_runs_only_the_rest(parquets, tmp
     out = tmp_path / "out"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     log = tmp_path / "first.log"
-    with log.open("wb") as sink:
-        first = subprocess.Popen(
-            _sweep_cmd(parquets[0], out),
-            cwd=REPO,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    deadline = time.time() + 400
-    try:
-        while not _finished_trials(out) and time.time() < deadline:
-            if first.poll() is not None:
-                pytest.fail(f"the sweep ended before a trial finished:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        # what had finished by now, given the driver's 1 s experiment-state period (search.py)
-        # to record it; a trial that ends in the last second before the interrupt may run again
-        finished = _finished_trials(out)
-        time.sleep(3)
-        os.killpg(first.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole group
-        code = first.wait(timeout=120)
-    finally:
-        kill_session(first)  # whatever Ray left behind
-        first.wait()
+    # what had finished 3 s before the interrupt, given the driver's 1 s experiment-state
+    # period (search.py) to record it; a trial that ends in the last second may run again
+    code, finished = _interrupt_once_a_trial_finished(
+        _sweep_cmd(parquets[0], out), out, "unic", log, env, settle_s=3
+    )
     text = log.read_text()
     assert code == 130, text[-3000:]
     assert "interrupted: " in text and "with --resume to continue" in text
     assert "Traceback" not in text, text[-3000:]
-    assert finished, "no trial finished within the time limit"
     assert not list(out.glob(f"tune/*/{SEARCH_FILE}"))  # interrupted mid-search
     again = subprocess.run(
         _sweep_cmd(parquets[0], out), cwd=REPO, capture_output=True, text=True, env=env
@@ -336,26 +343,7 @@ def test_a_search_interrupted_then_resumed_equals_an_uninterrupted_one(parquets,
     assert whole.returncode == 0, whole.stderr[-3000:]
     cut = tmp_path / "cut"
     log = tmp_path / "cut.log"
-    with log.open("wb") as sink:
-        first = subprocess.Popen(
-            cmd(cut),
-            cwd=REPO,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    deadline = time.time() + 400
-    try:
-        while not _finished_trials(cut, "scan") and time.time() < deadline:
-            if first.poll() is not None:
-                pytest.fail(f"the sweep ended before a trial finished:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        os.killpg(first.pid, signal.SIGINT)
-        code = first.wait(timeout=120)
-    finally:
-        kill_session(first)
-        first.wait()
+    code, _ = _interrupt_once_a_trial_finished(cmd(cut), cut, "scan", log, env)
     assert code == 130, log.read_text()[-3000:]
     assert not list(cut.glob(f"tune/*/{SEARCH_FILE}"))  # interrupted before the search ended
     resumed = subprocess.run(
