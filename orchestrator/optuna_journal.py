@@ -50,6 +50,8 @@ def open_journal(tune_root: Path) -> JournalStorage:
     once per process (one sweep)."""
     path = journal_path(tune_root)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not log.isEnabledFor(logging.DEBUG):  # -v keeps Optuna's "study created" lines
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(path)))
     if str(path) not in _announced:
         _announced.add(str(path))

@@ -103,6 +103,10 @@ class GcdContext:
     key: str
 
 
+# keys of the runs this process wrote (itself or through its seed tasks)
+_written_here: set[str] = set()
+
+
 @dataclass(frozen=True)
 class BenchmarkContext:
     """What a benchmark's stages produced, and where its runs go: every run on the benchmark
@@ -249,7 +253,9 @@ def run_method(
         and previous.get("key") == key
         and (not require_state or (run_dir / inputs.STATE_FILE).exists())
     ):
-        log.info("%s/%s seed %d: cached", splits.fit.name, run.method, run.seed)
+        # news only when an earlier sweep wrote it (this one looks its own runs up again)
+        level = logging.DEBUG if key in _written_here else logging.INFO
+        log.log(level, "%s/%s seed %d: cached", splits.fit.name, run.method, run.seed)
         return previous
     if cached_only:
         return None
@@ -346,6 +352,7 @@ def run_method(
     }
     extra = {inputs.STATE_FILE: state_file} if state_file and state_file.exists() else None
     store.write_run(run_dir, predictions, result, extra)
+    _written_here.add(key)
     if state_file is not None and state_file.name.endswith(".state.pt") and fitted is None:
         state_file.unlink(missing_ok=True)
     log.info(
@@ -656,6 +663,7 @@ def _submit_in_parallel(
 
     def wait() -> list[dict[str, Any]]:
         results = ray.get(refs)
+        _written_here.update(r["key"] for r in results)
         for r in results:
             log.info(
                 "%s/%s seed %d: acc=%.4f nmi=%.4f ari=%.4f",

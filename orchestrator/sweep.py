@@ -147,8 +147,8 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
     t0 = time.perf_counter()
     ArtifactStore.check_writable(settings.output)  # before any data is read or Ray starts
     chosen, skipped = select_benchmarks(args.benchmark, settings)
-    for name, reason in skipped:
-        log.info("skipped %s: %s", name, reason)
+    if skipped:  # each with its reason in the summary at the end
+        log.info("no data for %s: skipped", ", ".join(name for name, _ in skipped))
     store = ArtifactStore(settings.output)
     if chosen:
         from orchestrator.pipeline import run_benchmark
