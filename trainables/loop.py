@@ -188,17 +188,3 @@ def cached_config(
         weight_decay=weight_decay,
         report_every=max(1, epochs // 10),
     )
-
-
-def fit_cached(
-    model: nn.Module,
-    steps: TrainSteps,
-    hooks: LoopHooks,
-    epochs: int,
-    steps_per_epoch: int,
-    lr: float,
-    weight_decay: float = 0.0,
-) -> nn.Module:
-    """``fit`` with ``cached_config``; returns the trained model on CPU in eval mode."""
-    cfg = cached_config(epochs, steps_per_epoch, lr, weight_decay)
-    return fit(model, steps, cfg, hooks).cpu().eval()
