@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -358,7 +359,7 @@ def init_ray(
             logging_level=logging.WARNING,
             runtime_env={
                 "env_vars": {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"},
-                "worker_process_setup_hook": "orchestrator.ray_env.pin_cluster_address",
+                "worker_process_setup_hook": "orchestrator.ray_env.setup_worker",
             },
             **kwargs,
         )
@@ -385,9 +386,28 @@ def init_ray(
     return plan
 
 
+def setup_worker() -> None:
+    """Runs in every worker process of the sweep's job (``worker_process_setup_hook``)."""
+    pin_cluster_address()
+    sys.unraisablehook = quiet_exit_unraisable
+
+
+def quiet_exit_unraisable(unraisable: Any) -> None:
+    """``sys.unraisablehook`` of the sweep's workers: a ``SystemExit`` is not reported.
+
+    Ray ends its workers with SIGTERM when the sweep stops (Ctrl-C included), and a worker's
+    SIGTERM handler raises ``SystemExit``. When the signal lands inside a weakref callback or a
+    ``__del__``, Python cannot raise it and prints "Exception ignored in ..." with a traceback,
+    which Ray forwards to the sweep's console. The worker exits either way; every other
+    unraisable exception is still reported.
+    """
+    if isinstance(unraisable.exc_value, SystemExit):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def pin_cluster_address() -> None:
-    """Runs in every worker process of the sweep's job (``worker_process_setup_hook``): points
-    the state API inside Ray's own actors at the cluster the worker belongs to.
+    """Points the state API inside Ray's own actors at the cluster the worker belongs to.
 
     Ray Train's placement-group cleaner (the actor that frees a run's placement group when its
     controller dies, e.g. when ASHA stops a Ray-Train-in-Tune trial) asks the state API for the

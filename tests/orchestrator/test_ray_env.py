@@ -137,3 +137,46 @@ def test_the_sweep_rejects_bad_cluster_flags():
         )
         assert out.returncode == 2, out.stderr
         assert out.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), out.stderr
+
+
+def test_a_worker_ended_inside_a_weakref_callback_prints_no_traceback(monkeypatch, capsys):
+    """Ray's SIGTERM handler raises SystemExit; landing in a weakref callback, Python prints it
+    as an ignored exception with a traceback (forwarded to the sweep's console). The workers'
+    hook drops exactly that; a real error in such a callback is still printed."""
+    import weakref
+
+    class Thing:
+        pass
+
+    def ray_sigterm(_ref):
+        raise SystemExit(1)  # ray._private.worker: raise_sys_exit_with_custom_error_message
+
+    def a_bug(_ref):
+        raise ValueError("a real bug")
+
+    def printed(hook) -> str:
+        monkeypatch.setattr(sys, "unraisablehook", hook)
+        for callback in (ray_sigterm, a_bug):
+            thing = Thing()
+            ref = weakref.ref(thing, callback)
+            del thing
+            assert ref() is None
+        return capsys.readouterr().err
+
+    default = printed(sys.__unraisablehook__)  # a worker without the hook
+    assert "SystemExit" in default and "a real bug" in default
+    ours = printed(ray_env.quiet_exit_unraisable)
+    assert "SystemExit" not in ours
+    assert "a real bug" in ours and "Traceback" in ours
+
+
+def test_the_worker_setup_hook_named_to_ray_resolves():
+    import importlib
+    import inspect
+
+    source = inspect.getsource(ray_env.init_ray)
+    (path,) = [
+        line.split('"')[3] for line in source.splitlines() if "worker_process_setup_hook" in line
+    ]
+    module, name = path.rsplit(".", 1)
+    assert getattr(importlib.import_module(module), name) is ray_env.setup_worker
