@@ -17,7 +17,9 @@ Design (each point follows how Ray Tune, Ray Train and Optuna behave together):
 * Tuners run one after another, each under ``<output>/tune/<name>``: the name holds a key of
   everything that shapes the search, so a changed budget or input starts a new search, a
   finished one is reused from its ``search.json``, and an interrupted one continues with
-  ``--resume`` (``Tuner.restore``: finished trials are kept, never run again).
+  ``--resume`` (``Tuner.restore``: finished trials are kept, never run again; an unfinished
+  in-process trial continues from its ``trial_states/<trial id>.pt``, written at every report,
+  not from a Tune checkpoint that Tune's ~1 s state snapshot may name after its deletion).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -175,7 +178,7 @@ def search_method(
         open_journal,
         with_default_first,
     )
-    from trainables.tune_trial import run_trial
+    from trainables.tune_trial import TRIAL_STATES, run_trial
 
     resources = ray_session.resources()
     if not opts.use_gpus:
@@ -191,6 +194,7 @@ def search_method(
         "train_cpus": resources.train_worker_cpus(resources.gpus > 0),
         "train_storage": str((exp_dir / "train").resolve()),
         "cpu_threads": threads,
+        "trial_states": str((exp_dir / TRIAL_STATES).resolve()),  # in-process trials' resume
         # trials that train in their own process keep their fit for the final run of the
         # search seed (pipeline._search_and_run); Ray Train trials do not
         "fits_dir": str(exp_dir / "fits")
@@ -259,7 +263,9 @@ def search_method(
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=str(root.resolve()),
-                # 2, not 1: with 1 every report forces an experiment snapshot (Tune warns)
+                # Ray Train trials' checkpoints (in-process trials keep a state file instead,
+                # trainables/tune_trial.py); 2, not 1: with 1 every report forces an
+                # experiment snapshot (Tune warns)
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=0),
                 verbose=0,
@@ -288,6 +294,7 @@ def search_method(
     grid = tuner.fit()
     close_abandoned(journal, name)
     outcome = _best(grid, method, base, metric, mode, opts, exp_dir, time.perf_counter() - t0)
+    shutil.rmtree(exp_dir / TRIAL_STATES, ignore_errors=True)  # only an unfinished search's
     return outcome, key
 
 

@@ -1,9 +1,9 @@
 """Run state on disk is data, never code.
 
 Every state file under ``--output`` (a method's ``export_state()`` for the stage that starts
-from it, a loop checkpoint inside a Tune or Train checkpoint) is written by :func:`save_state`
-and read by :func:`load_state`, which loads with ``torch.load(weights_only=True)``: the file
-may hold tensors, numbers, strings, bytes, ``None``, dtypes/devices and lists, tuples, sets and
+from it, a Tune trial's loop state, a loop checkpoint inside a Train checkpoint) is written by
+:func:`save_state` and read by :func:`load_state`, which loads with
+``torch.load(weights_only=True)``: the file may hold tensors, numbers, strings, bytes, ``None``, dtypes/devices and lists, tuples, sets and
 dicts of them, and nothing from it is imported or called. On a cluster the results folder is
 shared storage every node reads, so a planted file must not run code on any of them.
 
@@ -33,7 +33,7 @@ import torch
 
 from deepclust.errors import UserError
 
-# a training checkpoint's payload (the loop's resume state), in Tune and Ray Train checkpoints
+# a Ray Train checkpoint's payload (the loop's resume state)
 CHECKPOINT_FILE = "state.pt"
 
 NUMPY_TAG = "__deepclust_ndarray__"

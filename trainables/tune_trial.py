@@ -12,14 +12,19 @@ Two ways to train a trial, chosen by ``job["trial_workers"]``:
   a restored trial resumes from its last Train checkpoint.
 
 Either way every loop report reaches Tune with the search metric (ASHA reads it for methods
-that report their objective each epoch) and a checkpoint, and the last report is the finished
-trial's objective (trainables/objective.py).
+that report their objective each epoch), and the last report is the finished trial's objective
+(trainables/objective.py).
+
+An in-process trial resumes from its own state file, not from a Tune checkpoint: Tune saves its
+experiment state about once a second and, with a bounded ``num_to_keep``, deletes a trial's
+older checkpoints as new ones arrive, so the state a Ctrl-C leaves behind can name a checkpoint
+already deleted and ``--resume`` would fail that trial. ``<experiment>/trial_states/<trial
+id>.pt`` is replaced atomically at every report and is always the trial's latest epoch.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,13 +36,16 @@ from trainables import inputs as job_inputs
 from trainables import objective, state_io
 from trainables.loop import LoopHooks
 
+TRIAL_STATES = "trial_states"  # in the experiment folder: in-process trials' loop states
 
-def _resume_state() -> dict[str, Any] | None:
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as directory:
-        return state_io.load_state(Path(directory) / state_io.CHECKPOINT_FILE)
+
+def state_path(job: dict[str, Any]) -> Path:
+    """This trial's state file (its Tune trial id is kept by a restored trial)."""
+    return Path(job["trial_states"]) / f"{tune.get_context().get_trial_id()}.pt"
+
+
+def _resume_state(path: Path) -> dict[str, Any] | None:
+    return state_io.load_state(path) if path.is_file() else None
 
 
 def run_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
@@ -56,15 +64,14 @@ def _in_process(job: dict[str, Any]) -> None:
     metric, mode = job["search_metric"], job["search_mode"]
     method, fit_inputs = job_inputs.build(job)
 
-    def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
-        with tempfile.TemporaryDirectory() as directory:
-            state_io.save_state(state, Path(directory) / state_io.CHECKPOINT_FILE)
-            tune.report(
-                objective.with_metric(metrics, metric, mode),
-                checkpoint=tune.Checkpoint.from_directory(directory),
-            )
+    path = state_path(job)
+    path.parent.mkdir(parents=True, exist_ok=True)
 
-    hooks = LoopHooks(report=report, resume_state=_resume_state(), want_objective=True)
+    def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        state_io.save_state(state, path)  # before the report: Tune may stop the trial on it
+        tune.report(objective.with_metric(metrics, metric, mode))
+
+    hooks = LoopHooks(report=report, resume_state=_resume_state(path), want_objective=True)
     t0 = time.perf_counter()
     diagnostics = method.fit(fit_inputs, hooks)
     seconds = round(time.perf_counter() - t0, 2)

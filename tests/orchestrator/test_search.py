@@ -25,6 +25,7 @@ from orchestrator.pipeline import load_splits, run_benchmark
 from orchestrator.search import SearchOptions
 from tests.conftest import REPO, kill_session, make_images, sweep_settings, write_image_parquet
 from tests.orchestrator.heads import HeadNode
+from trainables.tune_trial import TRIAL_STATES
 
 pytestmark = pytest.mark.ray
 
@@ -182,27 +183,6 @@ def test_oracle_search_runs_live_apart_and_never_relabel_the_honest_row(
     assert "| unic (ORACLE) |" in oracle_md
 
 
-def _sweep_cmd(parquet, out, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "orchestrator.sweep",
-        "--benchmark",
-        f"parquet:{parquet}",
-        "--methods",
-        "kmeans,unic",
-        "--budget",
-        "4",
-        "--fidelity",
-        "laptop",
-        "--seeds",
-        "0,1",  # the final seeds run side by side as Ray tasks (no GPU)
-        "--output",
-        str(out),
-        *extra,
-    ]
-
-
 def _finished_trials(out: Path, method: str = "unic") -> dict[Path, bytes]:
     done = {}
     for result in out.glob(f"tune/{method}-*/*/result.json"):
@@ -239,82 +219,13 @@ def _interrupt_once_a_trial_finished(
     return code, finished
 
 
-def test_ctrl_c_mid_search_exits_130_and_resume_runs_only_the_rest(parquets, tmp_path):
-    """A real SIGINT to the sweep's process group once a trial has finished: exit 130 with one
-    line naming --resume, no search recorded as finished; the plain rerun asks for --resume;
-    --resume runs the remaining trials only, and the leaderboard rebuilds from the run
-    folders."""
-    out = tmp_path / "out"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    log = tmp_path / "first.log"
-    # what had finished 3 s before the interrupt, given the driver's 1 s experiment-state
-    # period (search.py) to record it; a trial that ends in the last second may run again
-    code, finished = _interrupt_once_a_trial_finished(
-        _sweep_cmd(parquets[0], out), out, "unic", log, env, settle_s=3
-    )
-    text = log.read_text()
-    assert code == 130, text[-3000:]
-    assert "interrupted: " in text and "with --resume to continue" in text
-    assert "Traceback" not in text, text[-3000:]
-    assert not list(out.glob(f"tune/*/{SEARCH_FILE}"))  # interrupted mid-search
-    again = subprocess.run(
-        _sweep_cmd(parquets[0], out), cwd=REPO, capture_output=True, text=True, env=env
-    )
-    assert again.returncode == 2 and "rerun with --resume" in again.stderr
-    assert "Traceback" not in again.stderr
-    resumed = subprocess.run(
-        _sweep_cmd(parquets[0], out, "--resume"),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    trials = list(out.glob("tune/unic-*/*/result.json"))
-    assert len(trials) == 4 and all(t.read_bytes().strip() for t in trials)  # the budget, once
-    # (some ended by ASHA, the others with their final report)
-    changed = {
-        p.parent.name: (text.splitlines()[-1][:200], p.read_bytes().splitlines()[-1][:200])
-        for p, text in finished.items()
-        if p.read_bytes() != text
-    }
-    assert not changed, f"finished trials ran again (last line before, after): {changed}"
-    (record,) = [json.loads(p.read_text()) for p in out.glob(f"tune/*/{SEARCH_FILE}")]
-    assert record["trials"] == 4 and "| unic |" in resumed.stdout
-    # the restored searcher went on writing to its Optuna study (optuna-dashboard's journal):
-    # one study, the budget's trials complete once, none left running by the kill
-    from orchestrator.optuna_journal import study_states
-
-    states = study_states(out / "tune")
-    assert list(states) == [Path(record["search_path"]).name], states
-    (trials,) = states.values()
-    assert trials.count("COMPLETE") == 4 and "RUNNING" not in trials, trials
-    assert resumed.stderr.count("optuna dashboard: optuna-dashboard ") == 1
-
-    # the leaderboard files and plots rebuild from the run folders, identical
-    from orchestrator.leaderboard import leaderboard_files, main
-
-    store = ArtifactStore(out)
-    written = {p.name: p.read_bytes() for p in leaderboard_files(store) if p.suffix != ".png"}
-    assert {"leaderboard_acc.png", "unic_k.png"} <= {p.name for p in leaderboard_files(store)}
-    for path in leaderboard_files(store):
-        path.unlink()
-    assert main([str(out)]) == 0
-    rebuilt = {p.name: p.read_bytes() for p in leaderboard_files(store) if p.suffix != ".png"}
-    assert rebuilt == written
-    assert (out / "leaderboard_acc.png").stat().st_size > 1000
-    row = json.loads((out / "leaderboard.json").read_text())
-    unic = [r for r in row if r["method"] == "unic"][0]
-    assert unic["trials"] == 4 and unic["selected_by"] == "selection_score"
-    assert unic["oracle"] is False and not (out / "runs-oracle").exists()
-    assert unic["seeds"] == 2 and unic["config_hash"] == record["config_hash"]
-
-
-def test_a_search_interrupted_then_resumed_equals_an_uninterrupted_one(parquets, tmp_path):
+def test_ctrl_c_mid_search_then_resume_equals_the_search_run_through(parquets, tmp_path):
     """The same SCAN search (FIFO: no scheduler decision depends on timing) run through, and
-    interrupted by a real SIGINT once a trial has finished, then continued with --resume: the
-    same trials (configurations and objective values) and the same selected configuration."""
+    stopped by a real SIGINT to the sweep's process group once a trial has finished: exit 130
+    with one line naming --resume and no traceback, no search recorded as finished; the plain
+    rerun asks for --resume; --resume runs the remaining trials only, and ends with the same
+    trials (configurations and objective values) and the same selected configuration as the
+    search run through. The leaderboard rebuilds from the run folders."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
 
     def cmd(out: Path, *extra: str) -> list[str]:
@@ -341,24 +252,69 @@ def test_a_search_interrupted_then_resumed_equals_an_uninterrupted_one(parquets,
         cmd(tmp_path / "whole"), cwd=REPO, capture_output=True, text=True, env=env, timeout=600
     )
     assert whole.returncode == 0, whole.stderr[-3000:]
-    cut = tmp_path / "cut"
+    out = tmp_path / "cut"
     log = tmp_path / "cut.log"
-    code, _ = _interrupt_once_a_trial_finished(cmd(cut), cut, "scan", log, env)
-    assert code == 130, log.read_text()[-3000:]
-    assert not list(cut.glob(f"tune/*/{SEARCH_FILE}"))  # interrupted before the search ended
+    # what had finished 3 s before the interrupt, given the driver's 1 s experiment-state
+    # period (search.py) to record it; a trial that ends in the last second may run again
+    code, finished = _interrupt_once_a_trial_finished(cmd(out), out, "scan", log, env, settle_s=3)
+    text = log.read_text()
+    assert code == 130, text[-3000:]
+    assert "interrupted: " in text and "with --resume to continue" in text
+    assert "Traceback" not in text, text[-3000:]
+    assert not list(out.glob(f"tune/*/{SEARCH_FILE}"))  # interrupted mid-search
+    again = subprocess.run(cmd(out), cwd=REPO, capture_output=True, text=True, env=env)
+    assert again.returncode == 2 and "rerun with --resume" in again.stderr
+    assert "Traceback" not in again.stderr
     resumed = subprocess.run(
-        cmd(cut, "--resume"), cwd=REPO, capture_output=True, text=True, env=env, timeout=600
+        cmd(out, "--resume"), cwd=REPO, capture_output=True, text=True, env=env, timeout=600
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    changed = {
+        p.parent.name: (text.splitlines()[-1][:200], p.read_bytes().splitlines()[-1][:200])
+        for p, text in finished.items()
+        if p.read_bytes() != text
+    }
+    assert not changed, f"finished trials ran again (last line before, after): {changed}"
+
     records = {}
     for name in ("whole", "cut"):
         (path,) = (tmp_path / name).glob(f"tune/*/{SEARCH_FILE}")
         records[name] = json.loads(path.read_text())
     assert _trials(records["cut"]) == _trials(records["whole"])
-    assert len(_trials(records["whole"])) == 4
+    assert len(_trials(records["whole"])) == 4  # the budget, once
     for key in ("config", "trials", "best_value"):
         assert records["cut"]["outcome"][key] == records["whole"]["outcome"][key], key
-    assert records["cut"]["config_hash"] == records["whole"]["config_hash"]
+    record = records["cut"]
+    assert record["config_hash"] == records["whole"]["config_hash"]
+    assert not (Path(record["search_path"]) / TRIAL_STATES).exists()  # kept while unfinished
+    assert "| scan |" in resumed.stdout
+    # the restored searcher went on writing to its Optuna study (optuna-dashboard's journal):
+    # one study, the budget's trials complete once, none left running by the kill
+    from orchestrator.optuna_journal import study_states
+
+    states = study_states(out / "tune")
+    assert list(states) == [Path(record["search_path"]).name], states
+    (trials,) = states.values()
+    assert trials.count("COMPLETE") == 4 and "RUNNING" not in trials, trials
+    assert resumed.stderr.count("optuna dashboard: optuna-dashboard ") == 1
+
+    # the leaderboard files and plots rebuild from the run folders, identical
+    from orchestrator.leaderboard import leaderboard_files, main
+
+    store = ArtifactStore(out)
+    written = {p.name: p.read_bytes() for p in leaderboard_files(store) if p.suffix != ".png"}
+    assert "leaderboard_acc.png" in {p.name for p in leaderboard_files(store)}
+    for path in leaderboard_files(store):
+        path.unlink()
+    assert main([str(out)]) == 0
+    rebuilt = {p.name: p.read_bytes() for p in leaderboard_files(store) if p.suffix != ".png"}
+    assert rebuilt == written
+    assert (out / "leaderboard_acc.png").stat().st_size > 1000
+    rows = json.loads((out / "leaderboard.json").read_text())
+    (scan,) = [r for r in rows if r["method"] == "scan"]
+    assert scan["trials"] == 4 and scan["selected_by"] == "scan_selection"
+    assert scan["oracle"] is False and not (out / "runs-oracle").exists()
+    assert scan["seeds"] == 1 and scan["config_hash"] == record["config_hash"]
 
 
 def _nan_copy(src: Path, dst: Path) -> Path:

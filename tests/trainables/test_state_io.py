@@ -181,14 +181,10 @@ def _read_parent_state(directory: Path, monkeypatch):
     return inputs.load_state(str(directory / inputs.STATE_FILE))
 
 
-def _read_tune_checkpoint(directory: Path, monkeypatch):
-    from ray.train import Checkpoint
-
+def _read_tune_trial_state(directory: Path, monkeypatch):
     from trainables import tune_trial
 
-    checkpoint = Checkpoint.from_directory(str(directory))
-    monkeypatch.setattr(tune_trial.tune, "get_checkpoint", lambda: checkpoint)
-    return tune_trial._resume_state()
+    return tune_trial._resume_state(directory / "state.pt")
 
 
 def _read_train_checkpoint(directory: Path, monkeypatch):
@@ -203,7 +199,7 @@ def _read_train_checkpoint(directory: Path, monkeypatch):
 
 READERS = {  # the file name each reader opens, and the reader (as a run calls it)
     "parent_state": (inputs.STATE_FILE, _read_parent_state),
-    "tune_checkpoint": ("state.pt", _read_tune_checkpoint),
+    "tune_trial_state": ("state.pt", _read_tune_trial_state),
     "train_checkpoint": ("state.pt", _read_train_checkpoint),
 }
 
