@@ -84,7 +84,9 @@ class Embedder:
         if isinstance(images, torch.Tensor):
             x = images
         else:
-            x = torch.from_numpy(np.ascontiguousarray(images))
+            # torch warns on (and must not write to) a read-only array, as Arrow-backed
+            # batches are: those are copied, a writable contiguous one is used as is
+            x = torch.from_numpy(np.require(images, requirements=["C", "W"]))
         if self.device.type != "cuda" or x.device.type != "cpu":
             return x.to(self.device)
         if not x.is_pinned():

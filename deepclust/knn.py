@@ -173,9 +173,9 @@ def knn_search(
     out_sims = np.empty((len(queries), k), dtype=np.float32)
     starts = range(0, len(queries), block)
     if progress and len(starts) > 1:
-        from tqdm.auto import tqdm
+        from deepclust.progress import bar
 
-        starts = tqdm(starts, desc=f"knn ({name}/{device})", unit="block")
+        starts = bar(starts, desc=f"kNN ({name}/{device})", unit="block")
     for s in starts:
         e = min(s + block, len(queries))
         sims, ids = search(queries[s:e], k_search)

@@ -12,6 +12,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from deepclust.backbones import DEFAULT_BACKBONE, resolve_backbone
@@ -115,7 +116,13 @@ def add_common_arguments(p: argparse.ArgumentParser, seeds: str = "0") -> None:
         help="train on CPUs (Ray Train workers with gloo, trials and seed runs without a GPU) "
         "even where the cluster has GPUs",
     )
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug lines, and Ray's, Tune's and Ray Data's own output, on the console (they "
+        "always go to the log file under OUTPUT/logs/)",
+    )
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -246,18 +253,83 @@ def watch_sigint() -> threading.Event:
     return event
 
 
+LOG_DIR = "logs"  # under --output: one file per command run, everything at INFO (-v: DEBUG)
+
+
+class _ConsoleFilter(logging.Filter):
+    """What reaches the console without -v: the project's lines and warnings a user can act
+    on. Ray's, Tune's and Ray Data's own loggers and the Python warnings raised inside Ray go
+    to the log file only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "ray" or record.name.startswith("ray."):
+            return False
+        return not (record.name == "py.warnings" and "/ray/" in record.getMessage())
+
+
+class _Console(logging.StreamHandler):
+    """stderr, through ``tqdm.write``: a line logged while a progress bar is up prints above
+    it instead of splitting it (deepclust/progress.py)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
+def setup_logging(verbose: bool, output: str | None, prog: str) -> list[logging.Handler]:
+    """Console lines (``HH:MM:SS logger: message``) and, where ``output`` is given, a log file
+    ``<output>/logs/<prog>-<time>.log`` with every line, Ray's and Tune's included. Ray's own
+    loggers reach the console only with ``verbose`` (``ray_env.route_ray_logging`` points them
+    here once Ray is imported). Returns the handlers added (``run_cli`` removes them at the end)."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader narrates AVX probing
+    logging.captureWarnings(True)  # warnings as log records: Ray's go to the file only
+    added: list[logging.Handler] = []
+    if not [h for h in root.handlers if not isinstance(h, logging.FileHandler)]:
+        console = _Console()
+        console.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        if not verbose:
+            console.addFilter(_ConsoleFilter())
+        added.append(console)
+    if output:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        command = prog.split()[-1].rsplit(".", 1)[-1]  # "python -m orchestrator.sweep": sweep
+        path = Path(output) / LOG_DIR / f"{command}-{stamp}.log"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            file = logging.FileHandler(path, encoding="utf-8", delay=True)
+        except OSError:  # an unwritable --output fails later with its own one-line error
+            file = None
+        if file is not None:
+            file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            added.append(file)
+    for handler in added:
+        root.addHandler(handler)
+    return added
+
+
 def run_cli(parser: argparse.ArgumentParser, run_fn, argv: list[str] | None) -> int:
     """Parse, set up logging, run; user errors become one line + exit 2, Ctrl-C exit 130."""
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader narrates AVX probing
+    handlers = setup_logging(args.verbose, getattr(args, "output", None), parser.prog)
     argv_list = sys.argv[1:] if argv is None else argv
     explicit_root = any(a == "--data-root" or a.startswith("--data-root=") for a in argv_list)
     interrupted = watch_sigint()
+    try:
+        return _run(args, run_fn, explicit_root, interrupted)
+    finally:
+        root = logging.getLogger()
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
+
+
+def _run(args, run_fn, explicit_root: bool, interrupted: threading.Event) -> int:
     try:
         return run_fn(args, explicit_root)
     except KeyboardInterrupt:

@@ -9,14 +9,17 @@ corrupt or mismatched cache is rebuilt.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import shutil
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 import ray.data as rd
 from ray.data.extensions import ArrowTensorArray
 
@@ -26,6 +29,7 @@ from deepclust.datasets import ImageSet, ParquetPart, ParquetSource, read_parque
 from deepclust.embedder import Embedder
 from deepclust.errors import UserError
 from deepclust.preprocess import Preprocess, decode_batch
+from deepclust.progress import bar as progress
 from orchestrator.ray_env import ClusterResources, RaySession
 
 log = logging.getLogger(__name__)
@@ -202,14 +206,74 @@ def _run_pipeline(
     ds = _source_dataset(imageset, rows_per_block).map_batches(
         decode_batch, fn_kwargs={"preprocess": pp}, batch_size=opts.batch_size, num_cpus=1
     )
-    ds = ds.map_batches(
-        Embedder, fn_constructor_kwargs=ctor, batch_size=opts.batch_size, **embed_args
-    )
     if not log.isEnabledFor(logging.DEBUG):  # -v keeps Ray Data's own progress output
-        # without a terminal Ray Data logs a 9-line status block every 10 s ("Total Progress:
-        # 0/?" until the write ends); the stage's own line reports the count and the time
+        # Ray Data's bars count blocks and show "Total Progress: 0/?" until the write ends
+        # (without a terminal, a 9-line status block every 10 s); the stage has its own bar
         rd.DataContext.get_current().enable_progress_bars = False
         # and its issue detectors print multi-line advice (memory hints for the actors)
         rd.DataContext.get_current().issue_detectors_config.detectors = []
         logging.getLogger("ray.data").setLevel(logging.ERROR)
-    ds.write_parquet(str(out_dir), min_rows_per_file=8192)
+    desc = f"embedding {imageset.name}/{imageset.split}"
+    with progress(total=len(imageset), desc=desc, unit="img") as bar:
+        counter = None if bar.disable else _Counter.remote()
+        ds = ds.map_batches(
+            _CountingEmbedder,
+            fn_constructor_kwargs={**ctor, "counter": counter},
+            batch_size=opts.batch_size,
+            **embed_args,
+        )
+        write = functools.partial(ds.write_parquet, str(out_dir), min_rows_per_file=8192)
+        if counter is None:
+            write()
+        else:
+            _run_with_progress(write, counter, bar)
+
+
+@ray.remote(num_cpus=0)
+class _Counter:
+    """Images embedded so far, added to by every embedding actor, read by the stage's bar."""
+
+    def __init__(self):
+        self.n = 0
+
+    def add(self, n: int) -> None:
+        self.n += n
+
+    def value(self) -> int:
+        return self.n
+
+
+class _CountingEmbedder(Embedder):
+    """The embedding actor; with a ``counter`` (a progress bar is up) it adds each batch's row
+    count to it."""
+
+    def __init__(self, counter=None, **kwargs):
+        super().__init__(**kwargs)
+        self._counter = counter
+
+    def __call__(self, batch):
+        out = super().__call__(batch)
+        if self._counter is not None:
+            self._counter.add.remote(len(out["idx"]))
+        return out
+
+
+def _run_with_progress(write, counter, bar) -> None:
+    """``write()`` (the blocking Ray Data job) on a thread while this one, which keeps Ctrl-C,
+    moves ``bar`` to the counter's value twice a second."""
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            write()
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=target, name="embedding-write", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(timeout=0.5)
+        bar.n = ray.get(counter.value.remote())
+        bar.refresh()
+    if failure:
+        raise failure[0]

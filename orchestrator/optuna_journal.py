@@ -108,6 +108,15 @@ def study_states(tune_root: Path) -> dict[str, list[str]]:
     }
 
 
+def finished_trials(storage: JournalStorage, name: str) -> int:
+    """How many of the study's trials have ended (complete, failed or pruned); 0 without it."""
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return 0
+    return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+
+
 def close_abandoned(storage: JournalStorage, name: str) -> int:
     """Fail the trials still RUNNING once a search has ended: asked for by a killed driver after
     Tune's last save, never run (Tune asked for new ones on --resume). Returns their count."""

@@ -22,6 +22,7 @@ from deepclust.datasets import DatasetSpec, ImageSet, aligned_eval
 from deepclust.errors import UserError
 from deepclust.gcd import GcdSplit, default_old_classes, gcd_scores, make_split
 from deepclust.metrics import clustering_metrics, is_degenerate
+from deepclust.progress import bar as progress
 from orchestrator.mine import ensure_neighbors
 from orchestrator.ray_env import RaySession
 from trainables import inputs, state_io
@@ -645,6 +646,21 @@ def _run_task(run: MethodRun, shared: dict[str, Any], require_state: bool) -> di
     return run_method(run, _read_task_inputs(shared), require_state)
 
 
+def seed_lines(benchmark: str, results: list[dict[str, Any]]) -> list[str]:
+    """One line per method for runs that finished side by side: its seeds and their scores."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_method.setdefault(r["method"], []).append(r)
+    lines = []
+    for method, rows in by_method.items():
+        seeds = ", ".join(str(r["seed"]) for r in rows)
+        scores = " ".join(
+            f"{m}={'/'.join(f'{r[m]:.4f}' for r in rows)}" for m in ("acc", "nmi", "ari")
+        )
+        lines.append(f"{benchmark}/{method} seed{'s' if len(rows) > 1 else ''} {seeds}: {scores}")
+    return lines
+
+
 def _submit_in_parallel(
     runs: list[MethodRun], ctx: BenchmarkContext, gpus: int = 0, require_state: bool = False
 ) -> Callable[[], list[dict[str, Any]]]:
@@ -662,18 +678,16 @@ def _submit_in_parallel(
     refs = [task.remote(r, shared, require_state) for r in runs]
 
     def wait() -> list[dict[str, Any]]:
+        left = list(refs)
+        methods = ", ".join(dict.fromkeys(r.method for r in runs))
+        with progress(total=len(refs), desc=f"{splits.fit.name}/{methods} runs", unit="run") as b:
+            while left:
+                done, left = ray.wait(left, num_returns=1)
+                b.update(len(done))
         results = ray.get(refs)
         _written_here.update(r["key"] for r in results)
-        for r in results:
-            log.info(
-                "%s/%s seed %d: acc=%.4f nmi=%.4f ari=%.4f",
-                splits.fit.name,
-                r["method"],
-                r["seed"],
-                r["acc"],
-                r["nmi"],
-                r["ari"],
-            )
+        for line in seed_lines(splits.fit.name, results):
+            log.info("%s", line)
         return results
 
     return wait

@@ -240,12 +240,12 @@ def wait_for_nodes(plan: ClusterResources, timeout_s: float) -> ClusterResources
         request_resources(bundles=[{"GPU": 1}] * plan.gpus)
     else:
         request_resources(num_cpus=plan.cpus)
-    from tqdm.auto import tqdm
+    from deepclust.progress import bar as progress
 
     unit = "GPU" if plan.gpus else "CPU"
     target = plan.gpus or plan.cpus
     deadline = time.monotonic() + timeout_s
-    with tqdm(total=target, desc=f"waiting for cluster {unit}s", unit=unit) as bar:
+    with progress(total=target, desc=f"waiting for cluster {unit}s", unit=unit) as bar:
         while True:
             live = live_resources()
             bar.n = min(target, live.gpus if plan.gpus else live.cpus)
@@ -330,6 +330,19 @@ def check_reachable(address: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -
         channel.close()
 
 
+_started_here = False  # this process started the Ray it uses (init_ray without an address)
+
+
+def route_ray_logging() -> None:
+    """After ``import ray``: Ray's loggers (``ray``, ``ray.tune``, ``ray.train``, ...) drop the
+    console handler Ray gives them and pass their records to this process's handlers (the log
+    file; the console with -v, see ``cli._ConsoleFilter``)."""
+    ray_logger = logging.getLogger("ray")
+    for handler in list(ray_logger.handlers):
+        ray_logger.removeHandler(handler)
+    ray_logger.propagate = True
+
+
 def init_ray(
     address: str | None = None,
     num_cpus: int | None = None,
@@ -339,6 +352,8 @@ def init_ray(
     """Start or join Ray once per process and return the cluster the sweep plans for."""
     import ray
 
+    global _started_here
+    route_ray_logging()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network here, no prompt
     # Train V2 runs appear in the dashboard's Train view only with state tracking, read where
     # `TorchTrainer.fit()` is called: this process (final runs) and Tune trials (runtime env)
@@ -347,7 +362,8 @@ def init_ray(
         address = address or os.environ.get("RAY_ADDRESS")
         check_reachable(address)
         kwargs: dict[str, Any] = {}
-        if address in (None, "local"):  # a cluster this process starts
+        _started_here = address in (None, "local")
+        if _started_here:  # a cluster this process starts
             cpus = num_cpus or os.cpu_count() or 1
             kwargs = {"num_cpus": num_cpus} if num_cpus else {}
             # Ray keeps about one idle worker per CPU and ends the rest; each search's trial
@@ -356,7 +372,7 @@ def init_ray(
             kwargs["_system_config"] = {"num_workers_soft_limit": 2 * cpus}
         context = ray.init(
             address=address,
-            logging_level=logging.WARNING,
+            logging_level=logging.INFO,  # into the log file (the console with -v)
             runtime_env={
                 "env_vars": {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"},
                 "worker_process_setup_hook": "orchestrator.ray_env.setup_worker",
@@ -367,7 +383,9 @@ def init_ray(
         if url:  # on a cluster: `ray dashboard cluster.yaml` forwards it to this machine
             log.info("ray dashboard: http://%s%s", url.removeprefix("http://"), _token_hint())
     live = live_resources()
-    config, where = autoscaler_config()
+    # a Ray this process started is one machine, never autoscaled (its monitor still posts a
+    # status, with no configuration behind it)
+    config, where = (None, "") if _started_here else autoscaler_config()
     capacity = None
     if config is not None:
         capacity, warnings = config_capacity(config)

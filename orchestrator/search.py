@@ -171,13 +171,16 @@ def search_method(
     import ray.tune as tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from deepclust.progress import bar as progress
     from orchestrator.optuna_journal import (
         JournalOptunaSearch,
         close_abandoned,
+        finished_trials,
         new_study,
         open_journal,
         with_default_first,
     )
+    from orchestrator.search_progress import BARS, TrialProgress
     from trainables.tune_trial import TRIAL_STATES, run_trial
 
     resources = ray_session.resources()
@@ -269,6 +272,7 @@ def search_method(
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=0),
                 verbose=0,
+                callbacks=[TrialProgress(name)],
             ),
         )
         log.info(
@@ -291,7 +295,17 @@ def search_method(
     # search as done. Without it the KeyboardInterrupt reaches the CLI (exit 130, no
     # search.json), and --resume continues from the experiment state saved every second.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    grid = tuner.fit()
+    with progress(
+        total=opts.budget,
+        desc=f"{method} search",
+        unit="trial",
+        initial=finished_trials(journal, name),
+    ) as bar:
+        BARS[name] = bar
+        try:
+            grid = tuner.fit()
+        finally:
+            BARS.pop(name, None)
     close_abandoned(journal, name)
     outcome = _best(grid, method, base, metric, mode, opts, exp_dir, time.perf_counter() - t0)
     shutil.rmtree(exp_dir / TRIAL_STATES, ignore_errors=True)  # only an unfinished search's

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 
@@ -141,6 +142,26 @@ def search_options(args: argparse.Namespace, ray_session, seed: int):
     )
 
 
+_NOT_FOUND = re.compile(r"dataset '(?P<name>[^']+)' not found at (?P<path>[^;]+); (?P<fix>.+)")
+
+
+def skipped_lines(skipped: list[tuple[str, str]]) -> list[str]:
+    """One line per fix: the benchmarks without data that the same step provides (each with
+    the folder it was looked for in) share a line; any other reason stands alone."""
+    groups: dict[str, dict[str, list[str]]] = {}  # fix -> path -> names
+    lines = []
+    for name, reason in skipped:
+        match = _NOT_FOUND.fullmatch(reason)
+        if match is None:
+            lines.append(f"{name}: {reason}")
+            continue
+        groups.setdefault(match["fix"], {}).setdefault(match["path"], []).append(name)
+    for fix, paths in groups.items():
+        where = ", ".join(f"{', '.join(names)} ({path})" for path, names in paths.items())
+        lines.append(f"{where}: not found; {fix}")
+    return lines
+
+
 def run(args: argparse.Namespace, explicit_root: bool) -> int:
     _check_search_flags(args)
     settings = settings_from_args(args, explicit_root)
@@ -200,8 +221,8 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
             print(f"  {line}")
     if skipped:
         print("skipped (no data):")
-        for name, reason in skipped:
-            print(f"  {name}: {reason}")
+        for line in skipped_lines(skipped):
+            print(f"  {line}")
     print(f"leaderboard: {', '.join(str(p) for p in leaderboard_files(store))}")
     print(f"total {time.perf_counter() - t0:.1f}s")
     if not chosen:

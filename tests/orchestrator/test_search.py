@@ -249,9 +249,20 @@ def test_ctrl_c_mid_search_then_resume_equals_the_search_run_through(parquets, t
         ]
 
     whole = subprocess.run(
-        cmd(tmp_path / "whole"), cwd=REPO, capture_output=True, text=True, env=env, timeout=600
+        cmd(tmp_path / "whole"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**env, "UNIC_PROGRESS": "1"},  # the bars a terminal shows
+        timeout=600,
     )
     assert whole.returncode == 0, whole.stderr[-3000:]
+    # progress bars with counts: images embedded, trials finished
+    for bar in ("/32 [", "scan search:", "/4 [", "trial/s"):
+        assert bar in whole.stderr, bar
+    # Tune's own lines went to the log file, not to the console
+    (logfile,) = (tmp_path / "whole" / "logs").glob("sweep-*.log")
+    assert " ray.tune." in logfile.read_text() and "ray.tune" not in whole.stderr
     out = tmp_path / "cut"
     log = tmp_path / "cut.log"
     # what had finished 3 s before the interrupt, given the driver's 1 s experiment-state

@@ -288,3 +288,21 @@ def test_a_full_disk_mid_sweep_is_a_one_line_error(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("error: No space left on device writing") and "rerun" in err[0]
+
+
+def test_benchmarks_without_data_share_one_line_per_fix():
+    from orchestrator.sweep import skipped_lines
+
+    fetch = "rerun with --download (needs internet)"
+    skipped = [
+        ("mnist", f"dataset 'mnist' not found at data/MNIST; {fetch}"),
+        ("cifar100", f"dataset 'cifar100' not found at data/c100; {fetch}"),
+        ("cifar100_20", f"dataset 'cifar100_20' not found at data/c100; {fetch}"),
+        ("imagenet50", "dataset 'imagenet50' not found at data/imagenet; place the folders"),
+        ("odd", "the parquet file has no image column"),
+    ]
+    assert skipped_lines(skipped) == [
+        "odd: the parquet file has no image column",
+        f"mnist (data/MNIST), cifar100, cifar100_20 (data/c100): not found; {fetch}",
+        "imagenet50 (data/imagenet): not found; place the folders",
+    ]
