@@ -26,6 +26,7 @@ from deepclust.progress import bar as progress
 from orchestrator.mine import ensure_neighbors
 from orchestrator.ray_env import RaySession
 from trainables import inputs, state_io
+from trainables.job import TrainJob
 from trainables.methods import METHODS, FitInputs
 from trainables.methods.base import DEFAULT_KMAX
 
@@ -140,28 +141,30 @@ def _job(
     settings: SweepSettings,
     work_dir: Path,
     gcd_file: Path | None,
-) -> dict[str, Any]:
-    """The plain dict a Ray Train worker rebuilds the method and its inputs from."""
-    return {
-        "gcd_split": str(gcd_file) if gcd_file else None,  # labels only for gcd_labels methods
-        "method": run.method,
-        "method_config": run.config,
-        "seed": run.seed,
-        "num_clusters": splits.fit.num_classes,
-        "fit_embeddings": fit_emb.meta["path"],
-        "eval_embeddings": eval_emb.meta["path"],
-        "neighbors": nbr_meta.get("path"),
-        "dataset": _absolute(splits.spec.name),
-        "data_root": str(settings.data_root.resolve()),
-        # loader split names; workers re-apply "subset" (an ImageSet.subset split is "all[:16]")
-        "fit_split": splits.fit.loaded_split,
-        "eval_split": splits.eval.loaded_split,  # GCD: the fit pool (the protocol is transductive)
-        "subset": run.subset,
-        "backbone": settings.backbone,
-        "backbone_weights": settings.weights_file,
-        "work_dir": str(work_dir),
-        "init_state": str(init_state) if init_state else None,
-    }
+    keep_fits: bool = False,
+) -> TrainJob:
+    """The job a Ray worker rebuilds the method and its inputs from (trainables/job.py)."""
+    return TrainJob(
+        method=run.method,
+        method_config=run.config,
+        seed=run.seed,
+        num_clusters=splits.fit.num_classes,
+        fit_embeddings=fit_emb.meta["path"],
+        eval_embeddings=eval_emb.meta["path"],
+        neighbors=nbr_meta.get("path"),
+        dataset=_absolute(splits.spec.name),
+        data_root=str(settings.data_root.resolve()),
+        # loader split names; workers re-apply the subset (an ImageSet.subset split is "all[:16]")
+        fit_split=splits.fit.loaded_split,
+        eval_split=splits.eval.loaded_split,
+        subset=run.subset,
+        backbone=settings.backbone,
+        backbone_weights=settings.weights_file,
+        work_dir=str(work_dir),
+        init_state=str(init_state) if init_state else None,
+        gcd_split=str(gcd_file) if gcd_file else None,
+        keep_fits=keep_fits,
+    )
 
 
 def run_method(
@@ -290,8 +293,10 @@ def run_method(
         # worker may use its share of the node (as the embedding actors do)
         workers = max(1, run.workers)
         use_gpu = resources.gpus > 0 and settings.train_on_gpu
-        job["cpu_threads"] = 0 if use_gpu else resources.task_cpus(workers)
-        job["train_cpus"] = resources.train_worker_cpus(use_gpu)
+        job = job.replace(
+            cpu_threads=0 if use_gpu else resources.task_cpus(workers),
+            train_cpus=resources.train_worker_cpus(use_gpu),
+        )
         predictions, diagnostics = ray_train.train(
             job,
             workers,
@@ -299,7 +304,7 @@ def run_method(
             store.root / "ray",
             name=f"{run.method}-{splits.fit.split}-seed{run.seed}-{key[:10]}",
         )
-        state_file = Path(job["work_dir"]) / inputs.STATE_FILE
+        state_file = Path(job.work_dir) / inputs.STATE_FILE
     else:
         method = method_cls(from_dict(method_cls.Config, run.config))
         diagnostics = method.fit(
@@ -763,10 +768,10 @@ def _search_and_run(
         settings,
         exp_root / "work",
         search_gcd.path if search_gcd else None,
+        # a trial fitted on the headline inputs (not on a GCD selection split) keeps its fit:
+        # the search seed's final run of the selected config is that fit
+        keep_fits=search_gcd is gcd,
     )
-    # a trial fitted on the headline inputs (not on a GCD selection split) keeps its fit: the
-    # search seed's final run of the selected config is that fit
-    job["keep_fits"] = search_gcd is gcd
     identity = {
         "benchmark": splits.spec.name,
         "backbone": settings.backbone,
@@ -785,7 +790,7 @@ def _search_and_run(
         MethodRun(method, seed, outcome.config, workers, None, parent_cfg, oracle)
         for seed in settings.seeds
     ]
-    if outcome.path and job["keep_fits"] and search.seed in settings.seeds:
+    if outcome.path and job.keep_fits and search.seed in settings.seeds:
         run = runs[settings.seeds.index(search.seed)]
         kept = inputs.kept_fit(Path(outcome.path) / "fits", outcome.config, search.seed)
         if kept is not None and not _trains_with_ray_train(run):

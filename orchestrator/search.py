@@ -39,6 +39,7 @@ from deepclust.artifacts import ArtifactStore, stable_key
 from deepclust.errors import UserError
 from orchestrator.leaderboard import SEARCH_FILE
 from search_spaces import SPACES, fidelity_overrides, is_empty
+from trainables.job import TrainJob, TrialSetup
 from trainables.methods import METHODS
 from trainables.objective import search_metric
 
@@ -106,7 +107,7 @@ def _concurrency(resources, opts: SearchOptions, budget: int) -> tuple[int, dict
 
 def search_method(
     method: str,
-    job: dict[str, Any],
+    job: TrainJob,
     identity: dict[str, Any],
     store: ArtifactStore,
     ray_session,
@@ -117,7 +118,7 @@ def search_method(
     """Search ``method``'s space on one benchmark: (the outcome, the search's key; None when
     nothing was searched). The outcome's ``config`` is what the final seeds run with.
 
-    ``job`` is the plain training job of the search seed (pipeline._job); ``identity`` what
+    ``job`` is the training job of the search seed (pipeline._job); ``identity`` what
     else makes this search distinct (input keys, benchmark, backbone).
     """
     method_cls = METHODS.get(method)
@@ -187,23 +188,23 @@ def search_method(
     if not opts.use_gpus:
         resources = replace(resources, gpus=0)
     slots, per_trial, threads = _concurrency(resources, opts, opts.budget)
-    trial_job = {
-        **job,
-        "base_config": base,
-        "search_metric": metric,
-        "search_mode": mode,
-        "trial_workers": opts.trial_workers,
-        "use_gpu": resources.gpus > 0,
-        "train_cpus": resources.train_worker_cpus(resources.gpus > 0),
-        "train_storage": str((exp_dir / "train").resolve()),
-        "cpu_threads": threads,
-        "trial_states": str((exp_dir / TRIAL_STATES).resolve()),  # in-process trials' resume
-        # trials that train in their own process keep their fit for the final run of the
-        # search seed (pipeline._search_and_run); Ray Train trials do not
-        "fits_dir": str(exp_dir / "fits")
-        if job.get("keep_fits") and not opts.trial_workers
-        else None,
-    }
+    use_gpu = resources.gpus > 0
+    trial_job = job.replace(
+        cpu_threads=threads,
+        train_cpus=resources.train_worker_cpus(use_gpu),
+        trial=TrialSetup(
+            metric=metric,
+            mode=mode,
+            base_config=base,
+            trial_workers=opts.trial_workers,
+            use_gpu=use_gpu,
+            train_storage=str((exp_dir / "train").resolve()),
+            # trials that train in their own process keep their fit for the final run of the
+            # search seed (pipeline._search_and_run); Ray Train trials do not
+            fits_dir=str(exp_dir / "fits") if job.keep_fits and not opts.trial_workers else None,
+            trial_states=str((exp_dir / TRIAL_STATES).resolve()),  # in-process trials' resume
+        ),
+    )
     trainable = tune.with_resources(tune.with_parameters(run_trial, job=trial_job), per_trial)
     t0 = time.perf_counter()
     if exp_dir.exists():
@@ -224,7 +225,7 @@ def search_method(
             SPACES.get(method),
             setting=setting,
             kmax=kmax,
-            num_clusters=job["num_clusters"],
+            num_clusters=job.num_clusters,
         )
         journal = open_journal(root)  # every search's Optuna study, for optuna-dashboard
         study_attrs = {

@@ -1,6 +1,5 @@
-"""Ray-free glue between artifacts and a method: build its FitInputs from a plain config dict
-(the one that travels to Ray Train workers: paths and names, never arrays) and predict the
-evaluation split."""
+"""Ray-free glue between artifacts and a method: build its FitInputs from a training job
+(trainables/job.py: paths and names, never arrays) and predict the evaluation split."""
 
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ import numpy as np
 from deepclust.artifacts import ArtifactStore, stable_key
 from deepclust.config import from_dict
 from trainables import state_io
+from trainables.job import TrainJob
 from trainables.methods import METHODS, ClusteringMethod, FitInputs
 
 STATE_FILE = "model_state.pt"  # a run's export_state(), kept for the stages that start from it
@@ -26,49 +26,49 @@ def load_state(path: str | None) -> dict[str, Any] | None:
     return state_io.load_state(path) if path else None
 
 
-def _images(job: dict[str, Any], split_key: str):
+def _images(job: TrainJob, split: str):
     from deepclust.datasets import resolve_dataset
 
-    spec = resolve_dataset(job["dataset"])
-    images = spec.load(job[split_key], Path(job["data_root"]), False)
-    return images.subset(job["subset"]) if job.get("subset") else images
+    spec = resolve_dataset(job.dataset)
+    images = spec.load(split, Path(job.data_root), False)
+    return images.subset(job.subset) if job.subset else images
 
 
-def build(job: dict[str, Any]) -> tuple[ClusteringMethod, FitInputs]:
+def build(job: TrainJob) -> tuple[ClusteringMethod, FitInputs]:
     """The method (config validated strictly) and its inputs for one training job."""
-    method_cls = METHODS.get(job["method"])
-    method = method_cls(from_dict(method_cls.Config, job.get("method_config", {})))
-    fit = ArtifactStore.read_embeddings(Path(job["fit_embeddings"]))
+    method_cls = METHODS.get(job.method)
+    method = method_cls(from_dict(method_cls.Config, job.method_config))
+    fit = ArtifactStore.read_embeddings(Path(job.fit_embeddings))
     nbr = None
     if "neighbors" in method_cls.needs:
-        nbr = ArtifactStore.read_neighbors(Path(job["neighbors"]))[0]
+        nbr = ArtifactStore.read_neighbors(Path(job.neighbors))[0]
     finetune = bool(getattr(method.config, "finetune", False))
     labelled = {}
-    if job.get("gcd_split"):  # GCD: scored rows for all; labelled rows for gcd_labels methods
-        with np.load(job["gcd_split"]) as split:
+    if job.gcd_split:  # GCD: scored rows for all; labelled rows for gcd_labels methods
+        with np.load(job.gcd_split) as split:
             labelled = {"unlabelled_idx": split["unlabelled_idx"]}
             if method_cls.gcd_labels:
                 labelled.update(labelled_idx=split["labelled_idx"], labelled_y=split["labelled_y"])
     inputs = FitInputs(
         embeddings=fit.features,
-        num_clusters=int(job["num_clusters"]),
-        seed=int(job["seed"]),
+        num_clusters=job.num_clusters,
+        seed=job.seed,
         neighbors=nbr,
         labels=fit.labels if method_cls.uses_labels else None,  # leak guard
-        images=_images(job, "fit_split") if finetune else None,
-        backbone=job.get("backbone"),
-        backbone_weights=job.get("backbone_weights"),
-        init_state=load_state(job.get("init_state")),
+        images=_images(job, job.fit_split) if finetune else None,
+        backbone=job.backbone,
+        backbone_weights=job.backbone_weights,
+        init_state=load_state(job.init_state),
         **labelled,
     )
     return method, inputs
 
 
-def predict_eval(method: ClusteringMethod, job: dict[str, Any]) -> np.ndarray:
+def predict_eval(method: ClusteringMethod, job: TrainJob) -> np.ndarray:
     """(M,) cluster ids of the eval split: through the finetuned backbone when there is one."""
     if getattr(method.config, "finetune", False):
-        return method.predict_images(_images(job, "eval_split"))
-    return method.predict(ArtifactStore.read_embeddings(Path(job["eval_embeddings"])).features)
+        return method.predict_images(_images(job, job.eval_split))
+    return method.predict(ArtifactStore.read_embeddings(Path(job.eval_embeddings)).features)
 
 
 @dataclass(frozen=True)
@@ -91,19 +91,19 @@ def _fit_dir(root: Path, config: dict[str, Any], seed: int) -> Path:
 def keep_fit(
     root: Path,
     method: ClusteringMethod,
-    job: dict[str, Any],
+    job: TrainJob,
     diagnostics: dict[str, Any],
     seconds: float,
 ) -> None:
     """Write a trial's fit under ``root`` (shared storage: the driver reads it), atomically."""
-    directory = _fit_dir(root, job["method_config"], int(job["seed"]))
+    directory = _fit_dir(root, job.method_config, job.seed)
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     np.save(tmp / "predictions.npy", predict_eval(method, job).astype(np.int64))
     state = method.export_state()
     if state is not None:
         state_io.save_state(state, tmp / STATE_FILE)
-    meta = {"config": job["method_config"], "seed": int(job["seed"]), "seconds": seconds}
+    meta = {"config": job.method_config, "seed": job.seed, "seconds": seconds}
     (tmp / "fit.json").write_text(json.dumps({**meta, "diagnostics": diagnostics}, default=float))
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(tmp, directory)

@@ -22,6 +22,7 @@ import numpy as np
 from deepclust.artifacts import ArtifactStore
 from deepclust.metrics import hungarian_acc
 from deepclust.selection import neighbor_agreement
+from trainables.job import TrainJob
 from trainables.methods import ClusteringMethod, FitInputs
 
 ORACLE = "oracle_acc"
@@ -65,27 +66,27 @@ def _fit_predictions(method: ClusteringMethod, inputs: FitInputs) -> np.ndarray:
 def trial_objective(
     method: ClusteringMethod,
     diagnostics: dict[str, Any],
-    job: dict[str, Any],
+    job: TrainJob,
     inputs: FitInputs,
 ) -> float:
-    """The finished trial's value of ``job["search_metric"]`` (finite; see ``finite``)."""
-    name, mode = job["search_metric"], job["search_mode"]
+    """The finished trial's value of its search metric (``job.trial``; finite, see ``finite``)."""
+    name, mode = job.trial.metric, job.trial.mode
     if name == ORACLE:  # the evaluation labels: only with --oracle
         from trainables.inputs import predict_eval
 
-        labels = ArtifactStore.read_embeddings(Path(job["eval_embeddings"]), features=False).labels
+        labels = ArtifactStore.read_embeddings(Path(job.eval_embeddings), features=False).labels
         pred = predict_eval(method, job)
-        if job.get("gcd_split"):
-            with np.load(job["gcd_split"]) as split:
+        if job.gcd_split:
+            with np.load(job.gcd_split) as split:
                 rows = split["unlabelled_idx"]
             return finite(hungarian_acc(labels[rows], pred[rows]), mode)
         return finite(hungarian_acc(labels[: len(pred)], pred), mode)
     if name == GCD_VAL:  # held-out labelled images (GCD's labelled data, never trained on)
-        with np.load(job["gcd_split"]) as split:
+        with np.load(job.gcd_split) as split:
             rows = split["val_idx"]
         if not len(rows):
             raise ValueError("a GCD search needs held-out labelled images (--gcd-val-frac > 0)")
-        fit = ArtifactStore.read_embeddings(Path(job["fit_embeddings"]), features=False)
+        fit = ArtifactStore.read_embeddings(Path(job.fit_embeddings), features=False)
         labels = fit.labels[rows]
         return finite(hungarian_acc(labels, _fit_predictions(method, inputs)[rows]), mode)
     if name in diagnostics:
@@ -93,7 +94,7 @@ def trial_objective(
     if name == "neighbor_agreement":
         nbr = inputs.neighbors
         if nbr is None:
-            nbr = ArtifactStore.read_neighbors(Path(job["neighbors"]))[0]
+            nbr = ArtifactStore.read_neighbors(Path(job.neighbors))[0]
         pred = _fit_predictions(method, inputs)
         return finite(neighbor_agreement(pred, nbr, inputs.num_clusters), mode)
     raise KeyError(f"{type(method).__name__} reported no '{name}' (its search objective)")

@@ -23,6 +23,7 @@ import torch
 
 from trainables import inputs as job_inputs
 from trainables import objective, state_io
+from trainables.job import TrainJob
 from trainables.loop import LoopHooks
 
 log = logging.getLogger(__name__)
@@ -36,19 +37,20 @@ def _resume_state() -> dict[str, Any] | None:
         return state_io.load_state(Path(directory) / state_io.CHECKPOINT_FILE)
 
 
-def train_worker(job: dict[str, Any]) -> None:
-    """Runs on every Train worker."""
+def train_worker(config: dict[str, Any]) -> None:
+    """Runs on every Train worker; ``config`` is the job as a dict (``TrainJob.to_dict``)."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    job = TrainJob.from_dict(config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if job.get("cpu_threads"):
-        torch.set_num_threads(int(job["cpu_threads"]))
+    if job.cpu_threads:
+        torch.set_num_threads(job.cpu_threads)
     method, fit_inputs = job_inputs.build(job)
-    search = job.get("search_metric")  # set when this run is a trial of a Tune search
+    search = job.trial.metric if job.trial else None  # a trial of a Tune search
 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
         if search:  # Tune needs the metric in every report (TuneReportCallback forwards them)
-            metrics = objective.with_metric(metrics, search, job["search_mode"])
+            metrics = objective.with_metric(metrics, search, job.trial.mode)
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if rank == 0:
@@ -65,7 +67,7 @@ def train_worker(job: dict[str, Any]) -> None:
         world_rank=rank,
         world_size=world,
         # the CPUs this worker reserved beyond its own process decode and augment its images
-        loader_workers=max(0, int(job.get("train_cpus", 1)) - 1),
+        loader_workers=max(0, job.train_cpus - 1),
         want_objective=bool(search),
     )
     diagnostics = method.fit(fit_inputs, hooks)
@@ -75,7 +77,7 @@ def train_worker(job: dict[str, Any]) -> None:
         ray.train.report({**objective.numeric(diagnostics), search: value, "final": 1.0})
         return
     if rank == 0:
-        out = Path(job["work_dir"])
+        out = Path(job.work_dir)
         out.mkdir(parents=True, exist_ok=True)
         np.save(out / "predictions.npy", job_inputs.predict_eval(method, job))
         state = method.export_state()
@@ -85,7 +87,7 @@ def train_worker(job: dict[str, Any]) -> None:
 
 
 def trainer(
-    job: dict[str, Any],
+    job: TrainJob,
     num_workers: int,
     use_gpu: bool,
     storage: Path | str,
@@ -96,13 +98,13 @@ def trainer(
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     return rtt.TorchTrainer(
         train_worker,
-        train_loop_config=job,
+        train_loop_config=job.to_dict(),
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers,
             use_gpu=use_gpu,
             # a GPU worker's share of its node's CPUs decodes and augments its images
             resources_per_worker={
-                "CPU": int(job.get("train_cpus", 1)),
+                "CPU": job.train_cpus,
                 **({"GPU": 1} if use_gpu else {}),
             },
         ),
@@ -142,9 +144,9 @@ def fit_off_main_thread(trainer: rtt.TorchTrainer) -> Any:
 
 
 def train(
-    job: dict[str, Any], num_workers: int, use_gpu: bool, storage: Path, name: str
+    job: TrainJob, num_workers: int, use_gpu: bool, storage: Path, name: str
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Run ``job`` on ``num_workers`` DDP workers; returns (eval predictions, diagnostics)."""
     fit_off_main_thread(trainer(job, num_workers, use_gpu, storage, name))
-    out = Path(job["work_dir"])
+    out = Path(job.work_dir)
     return np.load(out / "predictions.npy"), json.loads((out / "diagnostics.json").read_text())

@@ -1,6 +1,6 @@
 """The Tune function trainable: one trial = one method fit with the trial's overrides.
 
-Two ways to train a trial, chosen by ``job["trial_workers"]``:
+Two ways to train a trial, chosen by ``job.trial.trial_workers``:
 
 * ``0`` (the default for heads on cached embeddings): the method trains inside the trial's own
   process. A Tune trial already is a Ray actor holding its resources; wrapping a one-process
@@ -34,34 +34,35 @@ import torch
 
 from trainables import inputs as job_inputs
 from trainables import objective, state_io
+from trainables.job import TrainJob
 from trainables.loop import LoopHooks
 
 TRIAL_STATES = "trial_states"  # in the experiment folder: in-process trials' loop states
 
 
-def state_path(job: dict[str, Any]) -> Path:
+def state_path(job: TrainJob) -> Path:
     """This trial's state file (its Tune trial id is kept by a restored trial)."""
-    return Path(job["trial_states"]) / f"{tune.get_context().get_trial_id()}.pt"
+    return Path(job.trial.trial_states) / f"{tune.get_context().get_trial_id()}.pt"
 
 
 def _resume_state(path: Path) -> dict[str, Any] | None:
     return state_io.load_state(path) if path.is_file() else None
 
 
-def run_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
+def run_trial(config: dict[str, Any], job: TrainJob) -> None:
     """Tune entry point: ``config`` is what the search space suggested for this trial."""
     logging.getLogger("ray").setLevel(logging.WARNING)  # one line per checkpoint otherwise
-    trial_job = {**job, "method_config": {**job["base_config"], **config}}
-    if job["trial_workers"] > 0:
+    trial_job = job.replace(method_config={**job.trial.base_config, **config})
+    if job.trial.trial_workers > 0:
         _train_in_tune(trial_job)
     else:
         _in_process(trial_job)
 
 
-def _in_process(job: dict[str, Any]) -> None:
-    if job.get("cpu_threads"):
-        torch.set_num_threads(int(job["cpu_threads"]))
-    metric, mode = job["search_metric"], job["search_mode"]
+def _in_process(job: TrainJob) -> None:
+    if job.cpu_threads:
+        torch.set_num_threads(job.cpu_threads)
+    metric, mode = job.trial.metric, job.trial.mode
     method, fit_inputs = job_inputs.build(job)
 
     path = state_path(job)
@@ -76,12 +77,12 @@ def _in_process(job: dict[str, Any]) -> None:
     diagnostics = method.fit(fit_inputs, hooks)
     seconds = round(time.perf_counter() - t0, 2)
     value = objective.trial_objective(method, diagnostics, job, fit_inputs)
-    if job.get("fits_dir"):  # the search seed's final run of this config can be this fit
-        job_inputs.keep_fit(Path(job["fits_dir"]), method, job, diagnostics, seconds)
+    if job.trial.fits_dir:  # the search seed's final run of this config can be this fit
+        job_inputs.keep_fit(Path(job.trial.fits_dir), method, job, diagnostics, seconds)
     tune.report({**objective.numeric(diagnostics), metric: value, "final": 1.0})
 
 
-def _train_in_tune(job: dict[str, Any]) -> None:
+def _train_in_tune(job: TrainJob) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from trainables.ray_train import trainer
@@ -89,9 +90,9 @@ def _train_in_tune(job: dict[str, Any]) -> None:
     trial_id = tune.get_context().get_trial_id()
     trainer(
         job,
-        int(job["trial_workers"]),
-        bool(job["use_gpu"]),
-        job["train_storage"],
+        job.trial.trial_workers,
+        job.trial.use_gpu,
+        job.trial.train_storage,
         name=f"train-{trial_id}",  # stable per trial: a restored trial resumes its Train run
         callbacks=[TuneReportCallback()],
     ).fit()

@@ -161,4 +161,4 @@ def test_gcd_jobs_predict_the_pool_even_for_benchmarks_with_a_test_split(tmp_pat
     job = _job(
         MethodRun("unic", 0), None, gcd_splits, emb, emb, {}, _settings(tmp_path), tmp_path, None
     )
-    assert job["eval_split"] == job["fit_split"] == splits.fit.split
+    assert job.eval_split == job.fit_split == splits.fit.split

@@ -361,8 +361,8 @@ def test_a_trial_with_a_nan_loss_is_reported_once_and_the_sweep_goes_on(
 
     def poisoned(method, job, *args, **kwargs):
         if method == "unic":
-            nan = _nan_copy(Path(job["fit_embeddings"]), tmp_path / "nan-embeddings")
-            job = {**job, "fit_embeddings": str(nan)}
+            nan = _nan_copy(Path(job.fit_embeddings), tmp_path / "nan-embeddings")
+            job = job.replace(fit_embeddings=str(nan))
         return real(method, job, *args, **kwargs)
 
     monkeypatch.setattr(search, "search_method", poisoned)

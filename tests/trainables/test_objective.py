@@ -8,6 +8,7 @@ import numpy as np
 from deepclust.artifacts import ArtifactStore
 from deepclust.gcd import make_split
 from trainables import objective
+from trainables.job import TrainJob, TrialSetup
 from trainables.methods import METHODS, FitInputs
 
 
@@ -65,6 +66,34 @@ def _store_embeddings(tmp_path, labels):
     return directory
 
 
+def _job(metric: str, mode: str, **paths) -> TrainJob:
+    """A trial's job whose artifact paths are the ones given (the rest point nowhere)."""
+    fields = {
+        "fit_embeddings": "-",
+        "eval_embeddings": "-",
+        "neighbors": None,
+        "gcd_split": None,
+        **paths,
+    }
+    return TrainJob(
+        method="scan",
+        method_config={},
+        seed=0,
+        num_clusters=2,
+        dataset="digits",
+        data_root="-",
+        fit_split="all",
+        eval_split="all",
+        subset=None,
+        backbone="efficientnet_lite0",
+        backbone_weights=None,
+        work_dir="-",
+        init_state=None,
+        trial=TrialSetup(metric=metric, mode=mode),
+        **fields,
+    )
+
+
 def test_gcd_val_acc_reads_only_the_held_out_rows(tmp_path):
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 25)
@@ -78,12 +107,9 @@ def test_gcd_val_acc_reads_only_the_held_out_rows(tmp_path):
             outside = np.setdiff1d(np.arange(len(y)), split.val_idx)
             y[outside] = rng.permutation(y[outside]) + 7
         emb_dir = _store_embeddings(tmp_path / str(scrambled), y)
-        job = {
-            "search_metric": "val_acc",
-            "search_mode": "max",
-            "gcd_split": str(tmp_path / "split.npz"),
-            "fit_embeddings": str(emb_dir),
-        }
+        job = _job(
+            "val_acc", "max", gcd_split=str(tmp_path / "split.npz"), fit_embeddings=str(emb_dir)
+        )
         inputs = FitInputs(np.zeros((len(y), 4), np.float32), 4, 0)
         values.append(objective.trial_objective(_Fixed(pred), {}, job, inputs))
     assert values == [1.0, 1.0]
@@ -92,7 +118,7 @@ def test_gcd_val_acc_reads_only_the_held_out_rows(tmp_path):
 def test_neighbor_agreement_needs_no_labels():
     pred = np.repeat(np.arange(2), 10)  # two clusters; every neighbour in the same one
     nbr = np.array([[(i // 10) * 10 + (i + j) % 10 for j in range(1, 6)] for i in range(20)])
-    job = {"search_metric": "neighbor_agreement", "search_mode": "max"}
+    job = _job("neighbor_agreement", "max")
     inputs = FitInputs(np.zeros((20, 4), np.float32), 2, 0, nbr)
     value = objective.trial_objective(_Fixed(pred), {}, job, inputs)
     assert 0.3 < value < 0.7  # P(same | neighbour) = 1 minus P(same | random pair) ~ 0.5
@@ -104,12 +130,7 @@ def test_the_oracle_objective_follows_the_test_labels(tmp_path):
     pred = labels.copy()
     values = []
     for name, y in (("true", labels), ("shuffled", np.random.default_rng(1).permutation(labels))):
-        job = {
-            "search_metric": "oracle_acc",
-            "search_mode": "max",
-            "eval_embeddings": str(_store_embeddings(tmp_path / name, y)),
-            "method_config": {},
-        }
+        job = _job("oracle_acc", "max", eval_embeddings=str(_store_embeddings(tmp_path / name, y)))
         values.append(objective.trial_objective(_Fixed(pred), {}, job, FitInputs(None, 2, 0)))
     assert values[0] == 1.0 and values[1] < 0.9
 

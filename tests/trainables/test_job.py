@@ -1,0 +1,48 @@
+"""A training job crosses process boundaries as a dict and comes back equal; a dict that is
+not a job (an unknown or mistyped key) is refused by name."""
+
+import pytest
+
+from deepclust.errors import UserError
+from trainables.job import TrainJob, TrialSetup
+
+
+def _job(**changes) -> TrainJob:
+    job = TrainJob(
+        method="unic",
+        method_config={"lr": 0.001},
+        seed=1,
+        num_clusters=10,
+        fit_embeddings="/a/fit",
+        eval_embeddings="/a/eval",
+        neighbors="/a/nbr",
+        dataset="digits",
+        data_root="/data",
+        fit_split="all",
+        eval_split="all",
+        subset=None,
+        backbone="efficientnet_lite0",
+        backbone_weights=None,
+        work_dir="/w",
+        init_state=None,
+        gcd_split=None,
+    )
+    return job.replace(**changes)
+
+
+@pytest.mark.parametrize(
+    "job",
+    [_job(), _job(trial=TrialSetup("selection_score", "min", {"epochs": 3}, trial_states="/s"))],
+)
+def test_a_job_round_trips_through_a_dict(job):
+    assert TrainJob.from_dict(job.to_dict()) == job
+
+
+def test_a_dict_that_is_not_a_job_is_refused_by_name():
+    data = _job().to_dict()
+    with pytest.raises(UserError, match="unknown key 'sed' for TrainJob .*did you mean 'seed'"):
+        TrainJob.from_dict({**{k: v for k, v in data.items() if k != "seed"}, "sed": 1})
+    with pytest.raises(UserError, match="TrainJob.seed must be"):
+        TrainJob.from_dict({**data, "seed": "one"})
+    with pytest.raises(UserError, match="unknown key 'metrc' for TrialSetup"):
+        TrainJob.from_dict({**data, "trial": {"metrc": "x", "mode": "min"}})
