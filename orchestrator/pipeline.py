@@ -27,7 +27,7 @@ from orchestrator.mine import ensure_neighbors
 from orchestrator.ray_env import RaySession
 from trainables import inputs, state_io
 from trainables.job import TrainJob
-from trainables.methods import METHODS, FitInputs
+from trainables.methods import METHODS, ClusteringMethod, FitInputs
 from trainables.methods.base import DEFAULT_KMAX
 
 log = logging.getLogger(__name__)
@@ -192,186 +192,251 @@ def run_method(
     default config updated with ``run.parent_config``; cached like any run) and starts from
     the parent's saved state.
     """
+    method_cls = _check_run(run, ctx)
+    parent = None
+    if method_cls.starts_from:
+        parent = _parent_result(run, method_cls.starts_from, ctx, cached_only)
+        if parent is None:
+            return None
+    plan = _plan(run, ctx, parent)
+    previous = _cached(run, ctx, plan, require_state)
+    if previous is not None or cached_only:
+        return previous
+    t0 = time.perf_counter()
+    if fitted is not None:
+        fit = _Fit(fitted.predictions, fitted.diagnostics, fitted.state_file)
+        t0 -= fitted.seconds
+    elif _trains_with_ray_train(run):
+        fit = _fit_with_ray_train(run, ctx, plan)
+    else:
+        fit = _fit_in_process(run, ctx, plan)
+    result = _result(run, ctx, plan, fit, parent, time.perf_counter() - t0)
+    extra = {inputs.STATE_FILE: fit.state_file} if fit.exports_state else None
+    ctx.store.write_run(plan.run_dir, fit.predictions, result, extra)
+    _written_here.add(plan.key)
+    if fit.state_file is not None and fit.state_file.name.endswith(".state.pt") and fitted is None:
+        fit.state_file.unlink(missing_ok=True)  # a temporary copy beside the run folder
+    log.info(
+        "%s/%s seed %d: acc=%.4f nmi=%.4f ari=%.4f (%s)",
+        ctx.splits.fit.name,
+        run.method,
+        run.seed,
+        result["acc"],
+        result["nmi"],
+        result["ari"],
+        ", ".join(f"{k}={v:.3g}" for k, v in fit.diagnostics.items() if isinstance(v, int | float)),
+    )
+    return result
+
+
+@dataclass(frozen=True)
+class _RunPlan:
+    """Where a run lives and what identifies it (its cache key and config hash)."""
+
+    key: str
+    config: dict[str, Any]  # the full, validated config
+    config_hash: str
+    run_dir: Path
+    init_state: Path | None  # a staged method's parent state file
+
+
+@dataclass(frozen=True)
+class _Fit:
+    predictions: np.ndarray  # (M,) cluster ids of the eval split
+    diagnostics: dict[str, Any]
+    state_file: Path | None  # the method's export_state(), for the stages that start from it
+
+    @property
+    def exports_state(self) -> bool:
+        return self.state_file is not None and self.state_file.exists()
+
+
+def _check_run(run: MethodRun, ctx: BenchmarkContext) -> type[ClusteringMethod]:
+    """The run's method class, once the run is one it can do (setting, parent overrides)."""
     method_cls = METHODS.get(run.method)
-    splits, fit_emb, eval_emb, gcd = ctx.splits, ctx.fit_emb, ctx.eval_emb, ctx.gcd
-    settings, store = ctx.settings, ctx.store
-    setting = "gcd" if gcd else "clustering"
+    setting = "gcd" if ctx.gcd else "clustering"
     if setting not in method_cls.settings:
         raise UserError(
             f"method '{run.method}' does not run in the {setting} setting; "
             f"use --setting {sorted(method_cls.settings)[0]}"
         )
-    config_dict = to_dict(from_dict(method_cls.Config, run.config))
-    nbr_meta = ctx.neighbors_meta
-    parent, parent_key, init_state = None, None, None
     if run.parent_config and not method_cls.starts_from:
         raise UserError(f"method '{run.method}' has no parent stage; drop the parent overrides")
-    if method_cls.starts_from:
-        parent_run = MethodRun(
-            method_cls.starts_from,
-            run.seed,
-            config=run.parent_config,
-            workers=run.workers,
-            subset=run.subset,
-            oracle=run.oracle,
-        )
-        parent = run_method(parent_run, ctx, require_state=True, cached_only=cached_only)
-        if parent is None:
-            return None
-        parent_key = parent["key"]
-        parent_dir = store.run_dir(
-            splits.fit.name,
-            settings.backbone,
-            _variant(parent["method"], parent["config_hash"], gcd),
-            run.seed,
-            oracle=run.oracle,
-        )
-        init_state = parent_dir / inputs.STATE_FILE
+    return method_cls
+
+
+def _parent_result(
+    run: MethodRun, parent_method: str, ctx: BenchmarkContext, cached_only: bool
+) -> dict[str, Any] | None:
+    """A staged method's parent run (same seed, ``run.parent_config``), with its state."""
+    parent_run = MethodRun(
+        parent_method,
+        run.seed,
+        config=run.parent_config,
+        workers=run.workers,
+        subset=run.subset,
+        oracle=run.oracle,
+    )
+    return run_method(parent_run, ctx, require_state=True, cached_only=cached_only)
+
+
+def _plan(run: MethodRun, ctx: BenchmarkContext, parent: dict[str, Any] | None) -> _RunPlan:
+    method_cls = METHODS.get(run.method)
+    splits, settings, store, gcd = ctx.splits, ctx.settings, ctx.store, ctx.gcd
+    config = to_dict(from_dict(method_cls.Config, run.config))
     key = stable_key(
         {
-            **({"parent": parent_key} if parent_key else {}),
+            **({"parent": parent["key"]} if parent else {}),
             **({"gcd_split": gcd.key} if gcd else {}),
-            "fit": fit_emb.meta["key"],
-            "eval": eval_emb.meta["key"],
+            "fit": ctx.fit_emb.meta["key"],
+            "eval": ctx.eval_emb.meta["key"],
             "method": run.method,
-            "config": config_dict,
+            "config": config,
             "seed": run.seed,
-            "neighbors": nbr_meta["key"],
+            "neighbors": ctx.neighbors_meta["key"],
             "workers": run.workers,
         }
     )
     # a staged method's parent overrides are part of its identity (run dir, leaderboard row)
-    identity = {"config": config_dict, "parent_config": run.parent_config}
-    config_hash = stable_key(identity if run.parent_config else config_dict)[:8]
-    run_dir = store.run_dir(
-        splits.fit.name,
-        settings.backbone,
-        _variant(run.method, config_hash, gcd),
-        run.seed,
-        oracle=run.oracle,
-    )
-    # a complete run only: metrics.json an object, predictions.parquet there with every row
-    previous = store.read_run(run_dir, None if run.subset else len(eval_emb.labels))
-    if (
-        previous is not None
-        and previous.get("key") == key
-        and (not require_state or (run_dir / inputs.STATE_FILE).exists())
-    ):
-        # news only when an earlier sweep wrote it (this one looks its own runs up again)
-        level = logging.DEBUG if key in _written_here else logging.INFO
-        log.log(level, "%s/%s seed %d: cached", splits.fit.name, run.method, run.seed)
-        return previous
-    if cached_only:
-        return None
-    t0 = time.perf_counter()
-    state_file: Path | None = None
-    if fitted is not None:
-        predictions, diagnostics, state_file = (
-            fitted.predictions,
-            fitted.diagnostics,
-            fitted.state_file,
-        )
-        t0 -= fitted.seconds
-    elif _trains_with_ray_train(run):
-        from trainables import ray_train
+    identity = {"config": config, "parent_config": run.parent_config}
+    config_hash = stable_key(identity if run.parent_config else config)[:8]
 
-        if init_state is not None:  # a planted or damaged file: one line here, not per worker
-            inputs.load_state(str(init_state))
-        resources = ctx.ray_session.resources()
-        job = _job(
-            run,
-            init_state,
-            splits,
-            fit_emb,
-            eval_emb,
-            nbr_meta,
-            settings,
-            run_dir.with_name(run_dir.name + ".work"),
-            gcd.path if gcd else None,
+    def run_dir(method: str, config_hash: str) -> Path:
+        variant = _variant(method, config_hash, gcd)
+        return store.run_dir(splits.fit.name, settings.backbone, variant, run.seed, run.oracle)
+
+    init_state = None
+    if parent is not None:
+        init_state = run_dir(parent["method"], parent["config_hash"]) / inputs.STATE_FILE
+    return _RunPlan(key, config, config_hash, run_dir(run.method, config_hash), init_state)
+
+
+def _cached(
+    run: MethodRun, ctx: BenchmarkContext, plan: _RunPlan, require_state: bool
+) -> dict[str, Any] | None:
+    """The run's earlier result when it is complete, current (same key) and, where a later
+    stage needs it, has its state file."""
+    expected_rows = None if run.subset else len(ctx.eval_emb.labels)
+    previous = ctx.store.read_run(plan.run_dir, expected_rows)
+    if (
+        previous is None
+        or previous.get("key") != plan.key
+        or (require_state and not (plan.run_dir / inputs.STATE_FILE).exists())
+    ):
+        return None
+    # news only when an earlier sweep wrote it (this one looks its own runs up again)
+    level = logging.DEBUG if plan.key in _written_here else logging.INFO
+    log.log(level, "%s/%s seed %d: cached", ctx.splits.fit.name, run.method, run.seed)
+    return previous
+
+
+def _fit_with_ray_train(run: MethodRun, ctx: BenchmarkContext, plan: _RunPlan) -> _Fit:
+    """A DDP run (workers asked for, or a backbone finetune) through Ray Train."""
+    from trainables import ray_train
+
+    if plan.init_state is not None:  # a planted or damaged file: one line here, not per worker
+        inputs.load_state(str(plan.init_state))
+    resources = ctx.ray_session.resources()
+    job = _job(
+        run,
+        plan.init_state,
+        ctx.splits,
+        ctx.fit_emb,
+        ctx.eval_emb,
+        ctx.neighbors_meta,
+        ctx.settings,
+        plan.run_dir.with_name(plan.run_dir.name + ".work"),
+        ctx.gcd.path if ctx.gcd else None,
+    )
+    # Ray caps a 1-CPU worker at one thread; trials run one at a time here, so on CPU each
+    # worker may use its share of the node (as the embedding actors do)
+    workers = max(1, run.workers)
+    use_gpu = resources.gpus > 0 and ctx.settings.train_on_gpu
+    job = job.replace(
+        cpu_threads=0 if use_gpu else resources.task_cpus(workers),
+        train_cpus=resources.train_worker_cpus(use_gpu),
+    )
+    predictions, diagnostics = ray_train.train(
+        job,
+        workers,
+        use_gpu,
+        ctx.store.root / "ray",
+        name=f"{run.method}-{ctx.splits.fit.split}-seed{run.seed}-{plan.key[:10]}",
+    )
+    return _Fit(predictions, diagnostics, Path(job.work_dir) / inputs.STATE_FILE)
+
+
+def _fit_in_process(run: MethodRun, ctx: BenchmarkContext, plan: _RunPlan) -> _Fit:
+    """Heads on cached embeddings and k-means, in this process (a Ray task per seed)."""
+    method_cls = METHODS.get(run.method)
+    method = method_cls(from_dict(method_cls.Config, run.config))
+    init_state = str(plan.init_state) if plan.init_state else None
+    diagnostics = method.fit(
+        FitInputs(
+            embeddings=ctx.fit_emb.features,
+            num_clusters=ctx.splits.fit.num_classes,
+            seed=run.seed,
+            neighbors=ctx.neighbors if "neighbors" in method_cls.needs else None,
+            labels=ctx.fit_emb.labels if method_cls.uses_labels else None,  # leak guard
+            init_state=inputs.load_state(init_state),
+            **(_gcd_inputs(ctx.gcd.split, method_cls.gcd_labels) if ctx.gcd else {}),
         )
-        # Ray caps a 1-CPU worker at one thread; trials run one at a time here, so on CPU each
-        # worker may use its share of the node (as the embedding actors do)
-        workers = max(1, run.workers)
-        use_gpu = resources.gpus > 0 and settings.train_on_gpu
-        job = job.replace(
-            cpu_threads=0 if use_gpu else resources.task_cpus(workers),
-            train_cpus=resources.train_worker_cpus(use_gpu),
-        )
-        predictions, diagnostics = ray_train.train(
-            job,
-            workers,
-            use_gpu,
-            store.root / "ray",
-            name=f"{run.method}-{splits.fit.split}-seed{run.seed}-{key[:10]}",
-        )
-        state_file = Path(job.work_dir) / inputs.STATE_FILE
-    else:
-        method = method_cls(from_dict(method_cls.Config, run.config))
-        diagnostics = method.fit(
-            FitInputs(
-                embeddings=fit_emb.features,
-                num_clusters=splits.fit.num_classes,
-                seed=run.seed,
-                neighbors=ctx.neighbors if "neighbors" in method_cls.needs else None,
-                labels=fit_emb.labels if method_cls.uses_labels else None,
-                init_state=inputs.load_state(str(init_state) if init_state else None),
-                **(_gcd_inputs(gcd.split, method_cls.gcd_labels) if gcd else {}),
-            )
-        )  # leak guard
-        predictions = method.predict(eval_emb.features)
-        state = method.export_state()
-        if state is not None:  # data only (trainables/state_io.py): shared storage
-            state_file = run_dir.with_name(run_dir.name + ".state.pt")
-            state_file.parent.mkdir(parents=True, exist_ok=True)
-            state_io.save_state(state, state_file)
+    )
+    predictions = method.predict(ctx.eval_emb.features)
+    state = method.export_state()
+    state_file = None
+    if state is not None:  # data only (trainables/state_io.py): shared storage
+        state_file = plan.run_dir.with_name(plan.run_dir.name + ".state.pt")
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_io.save_state(state, state_file)
+    return _Fit(predictions, diagnostics, state_file)
+
+
+def _result(
+    run: MethodRun,
+    ctx: BenchmarkContext,
+    plan: _RunPlan,
+    fit: _Fit,
+    parent: dict[str, Any] | None,
+    seconds: float,
+) -> dict[str, Any]:
+    """The run's metrics.json: scores on the eval split (GCD: its unlabelled rows), identity,
+    diagnostics and timing."""
+    method_cls = METHODS.get(run.method)
+    splits, gcd, eval_labels = ctx.splits, ctx.gcd, ctx.eval_emb.labels
+    predictions, diagnostics = fit.predictions, fit.diagnostics
     if gcd:
-        metrics = gcd_scores(predictions, eval_emb.labels, gcd.split)
+        metrics = gcd_scores(predictions, eval_labels, gcd.split)
     else:
-        metrics = clustering_metrics(eval_emb.labels[: len(predictions)], predictions)
-    result = {
-        "key": key,
-        "setting": setting,
+        metrics = clustering_metrics(eval_labels[: len(predictions)], predictions)
+    return {
+        "key": plan.key,
+        "setting": "gcd" if gcd else "clustering",
         **({"old_classes": list(gcd.split.old_classes)} if gcd else {}),
         "benchmark": splits.spec.name,
         "fit_split": splits.fit.split,
         "eval_split": splits.eval.split,
-        "backbone": settings.backbone,
+        "backbone": ctx.settings.backbone,
         "method": run.method,
         "seed": run.seed,
-        "config": config_dict,
+        "config": plan.config,
         **({"parent_config": run.parent_config} if run.parent_config else {}),
-        "config_hash": config_hash,
+        "config_hash": plan.config_hash,
         "oracle": run.oracle,  # test labels chose this config: an upper bound, kept apart
         "objective": method_cls.objective,
         "objective_value": diagnostics.get(method_cls.objective),
         "diagnostics": diagnostics,
         "num_clusters": splits.fit.num_classes,
-        "n_fit": len(fit_emb.labels),
+        "n_fit": len(ctx.fit_emb.labels),
         "n_eval": len(gcd.split.unlabelled_idx) if gcd else len(predictions),
         **metrics,
         # label-free: one cluster holds > 90% of the rows (marked, and the sweep exits 1)
         "degenerate": is_degenerate(predictions),
-        **{k: v for k, v in nbr_meta.items() if k.startswith("nbr_precision@")},
-        "seconds": round(time.perf_counter() - t0, 2),
-        "seconds_total": round(time.perf_counter() - t0 + (parent or {}).get("seconds", 0), 2),
-        "run_dir": str(run_dir),
+        **{k: v for k, v in ctx.neighbors_meta.items() if k.startswith("nbr_precision@")},
+        "seconds": round(seconds, 2),
+        "seconds_total": round(seconds + (parent or {}).get("seconds", 0), 2),
+        "run_dir": str(plan.run_dir),
     }
-    extra = {inputs.STATE_FILE: state_file} if state_file and state_file.exists() else None
-    store.write_run(run_dir, predictions, result, extra)
-    _written_here.add(key)
-    if state_file is not None and state_file.name.endswith(".state.pt") and fitted is None:
-        state_file.unlink(missing_ok=True)
-    log.info(
-        "%s/%s seed %d: acc=%.4f nmi=%.4f ari=%.4f (%s)",
-        splits.fit.name,
-        run.method,
-        run.seed,
-        metrics["acc"],
-        metrics["nmi"],
-        metrics["ari"],
-        ", ".join(f"{k}={v:.3g}" for k, v in diagnostics.items() if isinstance(v, int | float)),
-    )
-    return result
 
 
 def _trains_with_ray_train(run: MethodRun) -> bool:
