@@ -4,30 +4,12 @@ not a job (an unknown or mistyped key) is refused by name."""
 import pytest
 
 from deepclust.errors import UserError
+from tests.trainables.jobs import make_job
 from trainables.job import TrainJob, TrialSetup
 
 
 def _job(**changes) -> TrainJob:
-    job = TrainJob(
-        method="unic",
-        method_config={"lr": 0.001},
-        seed=1,
-        num_clusters=10,
-        fit_embeddings="/a/fit",
-        eval_embeddings="/a/eval",
-        neighbors="/a/nbr",
-        dataset="digits",
-        data_root="/data",
-        fit_split="all",
-        eval_split="all",
-        subset=None,
-        backbone="efficientnet_lite0",
-        backbone_weights=None,
-        work_dir="/w",
-        init_state=None,
-        gcd_split=None,
-    )
-    return job.replace(**changes)
+    return make_job(method="unic", method_config={"lr": 0.001}, neighbors="/a/nbr", **changes)
 
 
 @pytest.mark.parametrize(

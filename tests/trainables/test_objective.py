@@ -7,6 +7,7 @@ import numpy as np
 
 from deepclust.artifacts import ArtifactStore
 from deepclust.gcd import make_split
+from tests.trainables.jobs import make_job
 from trainables import objective
 from trainables.job import TrainJob, TrialSetup
 from trainables.methods import METHODS, FitInputs
@@ -68,30 +69,7 @@ def _store_embeddings(tmp_path, labels):
 
 def _job(metric: str, mode: str, **paths) -> TrainJob:
     """A trial's job whose artifact paths are the ones given (the rest point nowhere)."""
-    fields = {
-        "fit_embeddings": "-",
-        "eval_embeddings": "-",
-        "neighbors": None,
-        "gcd_split": None,
-        **paths,
-    }
-    return TrainJob(
-        method="scan",
-        method_config={},
-        seed=0,
-        num_clusters=2,
-        dataset="digits",
-        data_root="-",
-        fit_split="all",
-        eval_split="all",
-        subset=None,
-        backbone="efficientnet_lite0",
-        backbone_weights=None,
-        work_dir="-",
-        init_state=None,
-        trial=TrialSetup(metric=metric, mode=mode),
-        **fields,
-    )
+    return make_job(trial=TrialSetup(metric=metric, mode=mode), **paths)
 
 
 def test_gcd_val_acc_reads_only_the_held_out_rows(tmp_path):
