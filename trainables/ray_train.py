@@ -37,9 +37,22 @@ def _resume_state() -> dict[str, Any] | None:
         return state_io.load_state(Path(directory) / state_io.CHECKPOINT_FILE)
 
 
+_RAY_DIR = os.path.dirname(ray.__file__)
+
+
+def _not_ray_info(record: logging.LogRecord) -> bool:
+    """Keep a record unless Ray's own code logged it below WARNING."""
+    return record.levelno >= logging.WARNING or not record.pathname.startswith(_RAY_DIR)
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Runs on every Train worker; ``config`` is the job as a dict (``TrainJob.to_dict``)."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    # Ray Train logs two INFO lines per report ("Reporting training result", "Checkpoint
+    # successfully created") through the root logger's console handler, which the sweep's
+    # console receives; the loop's own lines (a resume, a NaN guard) stay
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_not_ray_info)
     job = TrainJob.from_dict(config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
