@@ -134,24 +134,21 @@ def _absolute(name: str) -> str:
 def _job(
     run: MethodRun,
     init_state: Path | None,
-    splits: BenchmarkSplits,
-    fit_emb: Embeddings,
-    eval_emb: Embeddings,
-    nbr_meta: dict,
-    settings: SweepSettings,
+    ctx: BenchmarkContext,
     work_dir: Path,
-    gcd_file: Path | None,
     keep_fits: bool = False,
 ) -> TrainJob:
-    """The job a Ray worker rebuilds the method and its inputs from (trainables/job.py)."""
+    """The job a Ray worker rebuilds the method and its inputs from (trainables/job.py): the
+    paths of ``ctx``'s artifacts, never its arrays."""
+    splits, settings, gcd = ctx.splits, ctx.settings, ctx.gcd
     return TrainJob(
         method=run.method,
         method_config=run.config,
         seed=run.seed,
         num_clusters=splits.fit.num_classes,
-        fit_embeddings=fit_emb.meta["path"],
-        eval_embeddings=eval_emb.meta["path"],
-        neighbors=nbr_meta.get("path"),
+        fit_embeddings=ctx.fit_emb.meta["path"],
+        eval_embeddings=ctx.eval_emb.meta["path"],
+        neighbors=ctx.neighbors_meta.get("path"),
         dataset=_absolute(splits.spec.name),
         data_root=str(settings.data_root.resolve()),
         # loader split names; workers re-apply the subset (an ImageSet.subset split is "all[:16]")
@@ -162,7 +159,7 @@ def _job(
         backbone_weights=settings.weights_file,
         work_dir=str(work_dir),
         init_state=str(init_state) if init_state else None,
-        gcd_split=str(gcd_file) if gcd_file else None,
+        gcd_split=str(gcd.path) if gcd else None,
         keep_fits=keep_fits,
     )
 
@@ -337,17 +334,7 @@ def _fit_with_ray_train(run: MethodRun, ctx: BenchmarkContext, plan: _RunPlan) -
     if plan.init_state is not None:  # a planted or damaged file: one line here, not per worker
         inputs.load_state(str(plan.init_state))
     resources = ctx.ray_session.resources()
-    job = _job(
-        run,
-        plan.init_state,
-        ctx.splits,
-        ctx.fit_emb,
-        ctx.eval_emb,
-        ctx.neighbors_meta,
-        ctx.settings,
-        plan.run_dir.with_name(plan.run_dir.name + ".work"),
-        ctx.gcd.path if ctx.gcd else None,
-    )
+    job = _job(run, plan.init_state, ctx, plan.run_dir.with_name(plan.run_dir.name + ".work"))
     # Ray caps a 1-CPU worker at one thread; trials run one at a time here, so on CPU each
     # worker may use its share of the node (as the embedding actors do)
     workers = max(1, run.workers)
@@ -826,13 +813,8 @@ def _search_and_run(
     job = _job(
         MethodRun(method, search.seed, {}, 1),
         init_state,
-        splits,
-        fit_emb,
-        eval_emb,
-        ctx.neighbors_meta,
-        settings,
+        search_ctx,
         exp_root / "work",
-        search_gcd.path if search_gcd else None,
         # a trial fitted on the headline inputs (not on a GCD selection split) keeps its fit:
         # the search seed's final run of the selected config is that fit
         keep_fits=search_gcd is gcd,

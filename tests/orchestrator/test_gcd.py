@@ -158,7 +158,8 @@ def test_gcd_jobs_predict_the_pool_even_for_benchmarks_with_a_test_split(tmp_pat
     splits, emb = _digits_pool()
     gcd_splits = BenchmarkSplits(spec, splits.fit, splits.fit)
     emb = Embeddings(emb.features, emb.labels, {"key": "e", "path": "p"})
-    job = _job(
-        MethodRun("unic", 0), None, gcd_splits, emb, emb, {}, _settings(tmp_path), tmp_path, None
+    ctx = BenchmarkContext(
+        gcd_splits, emb, emb, None, {}, _settings(tmp_path), ArtifactStore(tmp_path / "out")
     )
+    job = _job(MethodRun("unic", 0), None, ctx, tmp_path)
     assert job.eval_split == job.fit_split == splits.fit.split
