@@ -33,6 +33,7 @@ class DatasetUnavailable(UserError):
     """The dataset's files are not where we looked."""
 
 
+UNLABELLED = -1  # the label of every image of an unlabelled collection (num_classes == 0)
 PARQUET_BATCH_ROWS = 512  # rows per batch read from a row group (a few MB of JPEGs)
 PARQUET_PART_ROWS = 8 * PARQUET_BATCH_ROWS  # rows per read task: larger row groups are split
 
@@ -56,7 +57,7 @@ class ParquetSource:
 
     parts: tuple[ParquetPart, ...]
     image_column: str
-    label_column: str
+    label_column: str | None  # None: an unlabelled collection (labels read as UNLABELLED)
 
     def __len__(self) -> int:
         return sum(p.num_rows for p in self.parts)
@@ -102,7 +103,7 @@ def _slice_batch(batch: dict, start: int, stop: int | None) -> dict:
 
 
 def read_parquet_part(
-    part: ParquetPart, image_column: str, label_column: str, rows: int = PARQUET_BATCH_ROWS
+    part: ParquetPart, image_column: str, label_column: str | None, rows: int = PARQUET_BATCH_ROWS
 ) -> Iterator[dict]:
     """The part's rows as ``{"idx", "label", "encoded"}`` numpy batches of up to ``rows``.
 
@@ -111,9 +112,8 @@ def read_parquet_part(
     """
     pf = pq.ParquetFile(part.file)
     pos, end = 0, part.skip + part.num_rows  # row numbers inside the row group
-    batches = pf.iter_batches(
-        batch_size=rows, row_groups=[part.row_group], columns=[image_column, label_column]
-    )
+    columns = [image_column] + ([label_column] if label_column else [])
+    batches = pf.iter_batches(batch_size=rows, row_groups=[part.row_group], columns=columns)
     for batch in batches:
         lo, hi = max(part.skip, pos), min(end, pos + batch.num_rows)
         if hi > lo:
@@ -121,12 +121,27 @@ def read_parquet_part(
             first = part.first_idx + lo - part.skip
             yield {
                 "idx": np.arange(first, first + batch.num_rows, dtype=np.int64),
-                "label": batch.column(label_column).to_numpy().astype(np.int64),
+                "label": batch.column(label_column).to_numpy().astype(np.int64)
+                if label_column
+                else np.full(batch.num_rows, UNLABELLED, dtype=np.int64),
                 "encoded": np.asarray(batch.column(image_column).to_pylist(), dtype=object),
             }
         pos += batch.num_rows
         if pos >= end:
             break
+
+
+def _parquet_images(source: ParquetSource, rows: np.ndarray) -> pa.Array:
+    """The encoded images at ``rows`` (ascending) of a Parquet source, read part by part."""
+    starts = np.array([p.first_idx for p in source.parts], dtype=np.int64)
+    which = np.searchsorted(starts, rows, side="right") - 1
+    chunks = []
+    for i in np.unique(which):
+        part = source.parts[int(i)]
+        images = _row_group_images(part.file, part.row_group, source.image_column)
+        local = rows[which == i] - part.first_idx + part.skip
+        chunks.append(images.take(pa.array(local)))
+    return pa.concat_arrays(chunks) if chunks else pa.array([], pa.binary())
 
 
 @functools.lru_cache(maxsize=2)
@@ -140,6 +155,12 @@ def _row_group_images(file: str, row_group: int, column: str) -> pa.Array:
 @dataclass(frozen=True, eq=False)
 class ImageSet:
     """One split of a dataset: N labels and N undecoded images.
+
+    An unlabelled collection has ``num_classes == 0``, no class names and every label
+    ``UNLABELLED``: it is clustered and never scored. A *view* (:meth:`take`: a class
+    selection, a long-tailed draw, labels hidden) keeps the set it was drawn from in ``base``
+    and its rows there in ``base_rows``, so its embeddings are read from the base's instead of
+    being computed again.
 
     Exactly one of ``pixels`` ((N,H,W) or (N,H,W,3) uint8), ``encoded`` ((N,) binary),
     ``paths`` ((N,) str) or ``parquet`` (row groups of Parquet files, read on demand) is set.
@@ -157,6 +178,8 @@ class ImageSet:
     paths: tuple[str, ...] | None = None
     parquet: ParquetSource | None = None
     origin: str = ""  # where it came from (a file or folder), for error messages
+    base: ImageSet | None = None  # a view's source set (see ``take``)
+    base_rows: np.ndarray | None = None  # (N,) the view's rows in ``base``
 
     def __post_init__(self) -> None:
         sources = (self.pixels, self.encoded, self.paths, self.parquet)
@@ -168,6 +191,52 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def labelled(self) -> bool:
+        return self.num_classes > 0
+
+    def take(
+        self,
+        rows: np.ndarray,
+        tag: str,
+        labels: np.ndarray | None = None,
+        class_names: tuple[str, ...] | None = None,
+    ) -> ImageSet:
+        """A view: the images at ``rows`` (ascending), named ``<split>[<tag>]``, with
+        ``labels`` / ``class_names`` (default: the rows' own; ``class_names=()`` hides them).
+        A Parquet set's chosen images are read into memory once (a view is a subset)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (np.any(np.diff(rows) <= 0) or rows[0] < 0 or rows[-1] >= len(self)):
+            raise ValueError("view rows must be ascending, distinct and inside the set")
+        if class_names is None:
+            class_names = self.class_names
+        if labels is None:
+            labels = self.labels[rows]
+        if not class_names:
+            labels = np.full(len(rows), UNLABELLED, dtype=np.int64)
+        root, root_rows = (self.base, self.base_rows[rows]) if self.base is not None else (self, rows)
+        src: dict[str, object] = {}
+        if self.pixels is not None:
+            src["pixels"] = self.pixels[rows]
+        elif self.paths is not None:
+            src["paths"] = tuple(self.paths[i] for i in rows)
+        elif self.encoded is not None:
+            src["encoded"] = self.encoded.take(pa.array(rows))
+        else:
+            src["encoded"] = _parquet_images(self.parquet, rows)
+        return ImageSet(
+            name=self.name,
+            split=f"{self.split}[{tag}]",
+            labels=np.asarray(labels, dtype=np.int64),
+            num_classes=len(class_names),
+            class_names=tuple(class_names),
+            fingerprint=_hash(self.fingerprint, tag, rows, labels, class_names),
+            origin=self.origin,
+            base=root,
+            base_rows=root_rows,
+            **src,
+        )
 
     @property
     def source_column(self) -> str:
@@ -233,6 +302,8 @@ class ImageSet:
 
     def describe(self, idx: int) -> str:
         """Human location of image ``idx`` (path, or file + row)."""
+        if self.base is not None:
+            return self.base.describe(int(self.base_rows[idx]))
         if self.paths is not None:
             return self.paths[idx]
         if self.parquet is not None:
@@ -686,7 +757,8 @@ def load_parquet(
     """A parquet file, or folder of shards, with a binary image column and an int label column.
 
     The image column is ``image_column`` or the only binary column. Class names come from the
-    schema metadata key ``classes`` (comma-separated) when present. Only the footers and the
+    schema metadata key ``classes`` (comma-separated) when present. Without a ``label_column``
+    the set is an unlabelled collection (clustered, never scored). Only the footers and the
     label column are read here; ``idx`` runs over the files in path order, then their rows.
     """
     path = Path(path)
@@ -702,13 +774,17 @@ def load_parquet(
     try:
         schema = pq.read_schema(files[0])
         image_column = image_column or _only_binary_column(schema)
-        _check_columns(path, schema, image_column, label_column)
-        parts, labels = _parquet_manifest(files, image_column, label_column)
+        labelled = label_column in schema.names
+        _check_columns(path, schema, image_column, label_column if labelled else None)
+        parts, labels = _parquet_manifest(files, image_column, label_column if labelled else None)
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"cannot read parquet at {path}: {str(exc).splitlines()[0]}") from exc
-    classes = (schema.metadata or {}).get(b"classes", b"").decode()
-    named = tuple(c.strip() for c in classes.split(",")) if classes else None
-    labels, class_names = checked_labels(labels, str(path), label_column, named)
+    if labelled:
+        classes = (schema.metadata or {}).get(b"classes", b"").decode()
+        named = tuple(c.strip() for c in classes.split(",")) if classes else None
+        labels, class_names = checked_labels(labels, str(path), label_column, named)
+    else:
+        labels, class_names = np.full(len(labels), UNLABELLED, dtype=np.int64), ()
     return ImageSet(
         name=name or f"parquet:{path}",
         split=split,
@@ -716,7 +792,7 @@ def load_parquet(
         num_classes=len(class_names),
         class_names=class_names,
         fingerprint=_file_fingerprint(files),
-        parquet=ParquetSource(parts, image_column, label_column),
+        parquet=ParquetSource(parts, image_column, label_column if labelled else None),
         origin=str(path),
     )
 
@@ -787,19 +863,21 @@ def _only_binary_column(schema: pa.Schema) -> str | None:
     return binary[0] if len(binary) == 1 else None
 
 
-def _check_columns(path: Path, schema: pa.Schema, image_column, label_column: str) -> None:
-    if image_column not in schema.names or label_column not in schema.names:
+def _check_columns(path: Path, schema: pa.Schema, image_column, label_column: str | None) -> None:
+    """One binary image column, and the label column where the set is labelled."""
+    if image_column not in schema.names or (label_column and label_column not in schema.names):
         raise UserError(
-            f"{path} needs one binary image column and an integer '{label_column}' "
-            f"column; found {schema.names}"
+            f"{path} needs one binary image column (and, to be scored, an integer 'label' "
+            f"column); found {schema.names}"
         )
 
 
 def _parquet_manifest(
-    files: list[Path], image_column: str, label_column: str
-) -> tuple[tuple[ParquetPart, ...], np.ndarray]:
+    files: list[Path], image_column: str, label_column: str | None
+) -> tuple[tuple[ParquetPart, ...], pa.Array]:
     """Every file's row groups (from its footer), cut into read parts of at most
-    ``PARQUET_PART_ROWS`` rows, and the label column (the only column read in full)."""
+    ``PARQUET_PART_ROWS`` rows, and the label column (the only column read in full; without
+    one, a null per row)."""
     parts, labels, first = [], [], 0
     for f in files:
         _check_columns(f, pq.read_schema(f), image_column, label_column)
@@ -811,7 +889,10 @@ def _parquet_manifest(
                 parts.append(ParquetPart(str(f.resolve()), rg, skip, n, first, file_row + skip))
                 first += n
             file_row += rows
-        labels.append(pq.read_table(f, columns=[label_column]).column(0).combine_chunks())
+        if label_column:
+            labels.append(pq.read_table(f, columns=[label_column]).column(0).combine_chunks())
+        else:
+            labels.append(pa.nulls(file_row, pa.int64()))
     labels = pa.concat_arrays(labels) if labels else pa.array([], pa.int64())
     return tuple(parts), labels
 
@@ -850,36 +931,61 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[int], list[str]]:
         raise FileNotFoundError(f"no class sub-folder in {root}")
     paths, labels, seen_dirs, seen_files = [], [], set(), set()
     for label, name in enumerate(classes):
-        found = 0
-        for folder, subdirs, files in os.walk(root / name, followlinks=True):
-            real = os.path.realpath(folder)
-            if real in seen_dirs:
-                subdirs[:] = []
-                continue
-            seen_dirs.add(real)
-            subdirs.sort()
-            for file in sorted(files):
-                if not file.lower().endswith(IMAGE_EXTENSIONS):
-                    continue
-                path = os.path.join(folder, file)
-                real_file = os.path.realpath(path)
-                if real_file in seen_files or not os.path.isfile(real_file):
-                    continue
-                seen_files.add(real_file)
-                paths.append(path)
-                labels.append(label)
-                found += 1
+        found = _image_files(root / name, seen_dirs, seen_files)
         if not found:
             raise FileNotFoundError(
                 f"class folder '{name}' holds no image ({', '.join(IMAGE_EXTENSIONS)})"
             )
+        paths += found
+        labels += [label] * len(found)
     return paths, labels, classes
 
 
+def _image_files(
+    root: Path, seen_dirs: set[str] | None = None, seen_files: set[str] | None = None
+) -> list[str]:
+    """Every image file under ``root`` (recursively, sorted; each real folder entered once and
+    each real file kept once, across calls that share ``seen_dirs`` / ``seen_files``)."""
+    seen_dirs = set() if seen_dirs is None else seen_dirs
+    seen_files = set() if seen_files is None else seen_files
+    paths = []
+    for folder, subdirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen_dirs:
+            subdirs[:] = []
+            continue
+        seen_dirs.add(real)
+        subdirs.sort()
+        for file in sorted(files):
+            if not file.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            path = os.path.join(folder, file)
+            real_file = os.path.realpath(path)
+            if real_file in seen_files or not os.path.isfile(real_file):
+                continue
+            seen_files.add(real_file)
+            paths.append(path)
+    return paths
+
+
+def _has_top_level_images(root: Path) -> bool:
+    return any(
+        e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS) for e in os.scandir(root)
+    )
+
+
 def load_folder(root: Path, name: str, split: str = "all") -> ImageSet:
-    """An ImageFolder (one sub-folder per class), numbered as torchvision's ImageFolder."""
+    """An ImageFolder (one sub-folder per class), numbered as torchvision's ImageFolder; a
+    folder with images at its top level, or without sub-folders, is an unlabelled collection
+    in any layout (every image below it, clustered and never scored)."""
     if not root.is_dir():
-        raise _missing(name, root, "check the path (one sub-folder per class)")
+        raise _missing(name, root, "check the path (a folder of images)")
+    if _has_top_level_images(root) or not any(d.is_dir() for d in os.scandir(root)):
+        paths = _image_files(root)
+        if not paths:
+            raise _missing(name, root, f"the folder holds no image ({', '.join(IMAGE_EXTENSIONS)})")
+        labels = np.full(len(paths), UNLABELLED, dtype=np.int64)
+        return _path_set(name, split, paths, labels, (), origin=str(root))
     try:
         paths, labels, classes = scan_image_folder(root)
     except FileNotFoundError as exc:

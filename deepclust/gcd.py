@@ -19,7 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from deepclust.errors import UserError
-from deepclust.metrics import hungarian_acc
+from deepclust.metrics import balanced_acc, hungarian_acc
 
 SPLITS_FILE = Path(__file__).parent / "data" / "gcd_splits.json"
 
@@ -231,6 +231,7 @@ def gcd_scores(predictions: np.ndarray, labels: np.ndarray, split: GcdSplit) -> 
     v2 = gcd_accuracy(y, p, split.old_classes)
     out = {
         "acc": v2["all"],
+        "bacc": balanced_acc(y, p),  # per-class recall under the All matching
         "acc_old": v2["old"],
         "acc_new": v2["new"],
         "nmi": float(normalized_mutual_info_score(y, p)),

@@ -202,6 +202,9 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple:
 
 
 def neighbor_precision(labels: np.ndarray, nbr_idx: np.ndarray, ks=(1, 5, 10, 20, 50)) -> dict:
-    """Fraction of the first k neighbours sharing the anchor's label, for each k <= kmax."""
+    """Fraction of the first k neighbours sharing the anchor's label, for each k <= kmax
+    (nothing for an unlabelled collection: every label negative)."""
+    if len(labels) and labels.max() < 0:
+        return {}
     agree = labels[nbr_idx] == labels[:, None]
     return {f"nbr_precision@{k}": float(agree[:, :k].mean()) for k in ks if k <= nbr_idx.shape[1]}

@@ -34,10 +34,27 @@ def hungarian_acc(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(table[rows, cols].sum() / len(y_true))
 
 
+def balanced_acc(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean per-class recall under the same one-to-one matching as :func:`hungarian_acc` (the
+    matching that maximises the number of correct rows): every class weighs the same, so a
+    partition that serves only the large classes of an imbalanced set scores low. A class
+    whose matched cluster is missing (more classes than clusters) has recall 0."""
+    if len(y_true) == 0:
+        raise ValueError("balanced_acc of an empty set")
+    table = contingency(y_true, y_pred)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    sizes = table.sum(0)  # rows per class
+    present = sizes > 0
+    recall = np.zeros(table.shape[1])
+    recall[cols] = table[rows, cols] / np.maximum(sizes[cols], 1)
+    return float(recall[present].mean())
+
+
 def clustering_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """``acc``, ``nmi``, ``ari`` of a clustering against ground truth."""
+    """``acc``, ``bacc`` (balanced), ``nmi``, ``ari`` of a clustering against ground truth."""
     return {
         "acc": hungarian_acc(y_true, y_pred),
+        "bacc": balanced_acc(y_true, y_pred),
         "nmi": float(normalized_mutual_info_score(y_true, y_pred)),
         "ari": float(adjusted_rand_score(y_true, y_pred)),
     }

@@ -11,6 +11,7 @@ from PIL import Image
 
 from deepclust.datasets import (
     DATASETS,
+    UNLABELLED,
     DatasetUnavailable,
     load_parquet,
     resolve_dataset,
@@ -155,7 +156,11 @@ def _all_rows(ds) -> dict:
     from deepclust.datasets import read_parquet_part
 
     src = ds.parquet
-    batches = [b for p in src.parts for b in read_parquet_part(p, "image", "label", rows=3)]
+    batches = [
+        b
+        for p in src.parts
+        for b in read_parquet_part(p, src.image_column, src.label_column, rows=3)
+    ]
     return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
 
@@ -297,3 +302,34 @@ def test_a_folder_with_link_loops_lists_each_real_image_once(tmp_path):
     assert [(Path(p).name, y) for p, y in zip(ds.paths, ds.labels, strict=True)] == [
         (Path(p).name, y) for p, y in reference.samples
     ]
+
+
+def test_a_parquet_without_a_label_column_is_an_unlabelled_collection(tmp_path):
+    images, _ = make_images(6)
+    path = tmp_path / "u.parquet"
+    pq.write_table(pa.table({"image": pa.array(images, pa.binary())}), path)
+    ds = resolve_dataset(f"parquet:{path}").load("all", Path("."), False)
+    assert not ds.labelled and ds.num_classes == 0 and ds.class_names == ()
+    assert (ds.labels == UNLABELLED).all() and len(ds) == 6
+    rows = _all_rows(ds)
+    assert (rows["label"] == UNLABELLED).all() and len(rows["encoded"]) == 6
+
+
+def test_a_folder_without_class_folders_is_an_unlabelled_collection_in_any_layout(tmp_path):
+    images, _ = make_images(5)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    names = ["top.png", "a/one.png", "a/b/two.png", "a/b/three.png", "a/four.png"]
+    for name, data in zip(names, images, strict=True):
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    ds = resolve_dataset(f"folder:{tmp_path}").load("all", Path("."), False)
+    assert not ds.labelled and len(ds) == 5 and (ds.labels == UNLABELLED).all()
+    assert sorted(Path(p).name for p in ds.paths) == sorted(Path(n).name for n in names)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "x.png").write_bytes(images[0])
+    assert not resolve_dataset(f"folder:{flat}").load("all", Path("."), False).labelled
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="holds no image"):
+        resolve_dataset(f"folder:{empty}").load("all", Path("."), False)
