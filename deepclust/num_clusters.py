@@ -28,11 +28,13 @@ class KEstimate:
     k: int
     criterion: str
     scores: dict[int, float] = field(default_factory=dict)  # K -> criterion value (higher wins)
+    bounds: tuple[int, int] = (0, 0)  # the K range searched
 
     def to_dict(self) -> dict:
         return {
             "k": self.k,
             "criterion": self.criterion,
+            "bounds": list(self.bounds),
             "scores": {str(k): round(float(v), 6) for k, v in self.scores.items()},
         }
 
@@ -84,7 +86,7 @@ def estimate_k(
     lo, hi = k_range(len(features), lo, hi)
     scores = eigengap_scores(neighbors, range(lo, hi + 1), graph_k)
     best = max(scores, key=lambda k: (scores[k], -k))  # ties: the smaller K
-    return KEstimate(best, "eigengap", scores)
+    return KEstimate(best, "eigengap", scores, (lo, hi))
 
 
 def estimate_k_gcd(
@@ -125,4 +127,4 @@ def estimate_k_gcd(
 
     minimize_scalar(neg_acc, bounds=(n_old, hi), method="bounded", options={"xatol": 0.5})
     best = max(scores, key=lambda k: (scores[k], -k))
-    return KEstimate(best, "gcd_labelled_acc", dict(sorted(scores.items())))
+    return KEstimate(best, "gcd_labelled_acc", dict(sorted(scores.items())), (n_old, hi))

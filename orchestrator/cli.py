@@ -19,6 +19,7 @@ from deepclust.backbones import DEFAULT_BACKBONE, resolve_backbone
 from deepclust.datasets import DATASETS, DatasetUnavailable, resolve_dataset
 from deepclust.errors import UserError
 from deepclust.knn import BACKENDS
+from deepclust.views import BenchmarkView
 from orchestrator.ray_env import DEFAULT_CLUSTER_TIMEOUT_S
 from trainables.methods import METHODS
 
@@ -77,6 +78,29 @@ def add_common_arguments(p: argparse.ArgumentParser, seeds: str = "0") -> None:
         default=0.0,
         help="GCD: hold out this fraction of each Old class's labelled images for model "
         "selection (scored as val_acc, never trained on; default 0: headline runs)",
+    )
+    p.add_argument(
+        "--num-clusters",
+        default=None,
+        help="clusters to find: N, or 'auto' (estimated without labels; GCD: from the labelled "
+        "images). Default: the benchmark's class count; an unlabelled collection needs it",
+    )
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="keep only these classes of a labelled benchmark (names or ids, comma-separated)",
+    )
+    p.add_argument(
+        "--imbalance",
+        type=float,
+        default=None,
+        help="long-tailed draw of a labelled benchmark: class i keeps n_max * R^(-i/(C-1)) "
+        "images (R = largest / smallest class, the CIFAR-10-LT profile; fixed seed)",
+    )
+    p.add_argument(
+        "--ignore-labels",
+        action="store_true",
+        help="run a labelled benchmark as an unlabelled collection (no accuracy columns)",
     )
     p.add_argument(
         "--kmax", type=int, default=None, help="neighbours mined per image (default: min(50, N-1))"
@@ -166,6 +190,11 @@ def settings_from_args(args: argparse.Namespace, explicit_root: bool):
         raise UserError(f"--kmax must be >= 1, got {args.kmax}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    view = BenchmarkView(
+        tuple(split_csv(args.classes or "")), args.imbalance, bool(args.ignore_labels)
+    )
+    if view.ignore_labels and setting == "gcd":
+        raise UserError("--ignore-labels leaves GCD no labelled images; drop it or --setting gcd")
     return SweepSettings(
         data_root=data_root,
         download=args.download,
@@ -181,7 +210,22 @@ def settings_from_args(args: argparse.Namespace, explicit_root: bool):
         setting=setting,
         gcd_val_frac=args.gcd_val_frac,
         train_on_gpu=not args.cpu_workers,
+        view=view,
+        num_clusters=parse_num_clusters(args.num_clusters),
     )
+
+
+def parse_num_clusters(text: str | None) -> int | str | None:
+    """``--num-clusters``: None (the class count), an integer >= 2, or ``"auto"``."""
+    if text is None or text == "auto":
+        return text
+    try:
+        k = int(text)
+    except ValueError:
+        raise UserError(f"--num-clusters must be an integer >= 2 or 'auto', got '{text}'") from None
+    if k < 2:
+        raise UserError(f"--num-clusters must be >= 2 (or 'auto'), got {k}")
+    return k
 
 
 def select_benchmarks(benchmark: str, settings) -> tuple[list, list[tuple[str, str]]]:

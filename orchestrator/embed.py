@@ -133,6 +133,8 @@ def ensure_embeddings(
         return store.read_embeddings(directory, features=False)  # read where they are used
     if directory.exists():
         log.warning("embeddings %s/%s: rebuilding (%s)", imageset.name, imageset.split, reason)
+    if imageset.base is not None:
+        return _view_embeddings(imageset, opts, store, ray_session, directory, key)
     # Build the backbone once in the driver before any actor starts: a missing weights file or
     # an unreachable hub fails here as one clean line instead of as a dying Ray actor (and
     # the hub download lands in this node's cache).
@@ -167,6 +169,48 @@ def ensure_embeddings(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("embeddings %s/%s: %d images in %.1fs", imageset.name, imageset.split, n, seconds)
+    return store.read_embeddings(directory, features=False)
+
+
+def _view_embeddings(
+    view: ImageSet,
+    opts: EmbedOptions,
+    store: ArtifactStore,
+    ray_session: RaySession,
+    directory: Path,
+    key: str,
+) -> Embeddings:
+    """A view's embeddings (deepclust/views.py): its rows of the base set's embeddings (which
+    are computed first where they are not cached), with the view's labels; no image is read."""
+    base = ensure_embeddings(view.base, opts, store, ray_session)
+    feats = base.features[view.base_rows]
+    tmp = store.begin(directory)
+    try:
+        n = len(view)
+        table = pa.table(
+            {
+                "idx": np.arange(n, dtype=np.int64),
+                "label": view.labels,
+                "error": pa.array([""] * n, pa.string()),
+                "embedding": pa.FixedSizeListArray.from_arrays(
+                    np.ascontiguousarray(feats, dtype=np.float32).ravel(), feats.shape[1]
+                ),
+            }
+        )
+        pq.write_table(table, tmp / "embeddings.parquet")
+        store.commit(
+            tmp,
+            directory,
+            key,
+            rows=n,
+            dataset=view.name,
+            split=view.split,
+            backbone=opts.backbone,
+            view_of=base.meta["key"],
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("embeddings %s/%s: %d rows of %s/%s", view.name, view.split, n, view.name, view.base.split)
     return store.read_embeddings(directory, features=False)
 
 

@@ -2,7 +2,8 @@
 (Markdown, CSV, JSON) and PNG plots.
 
 Rows are (setting, benchmark, backbone, method, config, oracle) with metrics averaged over
-seeds (mean and std), the objective that selected the config (a search's metric; else the
+seeds (mean and std; ACC, balanced ACC, NMI, ARI, none of them for an unlabelled
+collection), the number of clusters (K̂ where estimated), the objective that selected the config (a search's metric; else the
 method's own label-free criterion), the search's trial count, compute time (search + every
 seed's run) and the neighbour precision of the mined kNN graph as a diagnostic. GCD rows report
 All accuracy (v2, on the unlabelled pool) as ACC, plus Old / New.
@@ -31,7 +32,7 @@ import pandas as pd
 
 from deepclust.artifacts import ArtifactStore
 
-METRICS = ("acc", "nmi", "ari")
+METRICS = ("acc", "bacc", "nmi", "ari")  # bacc: balanced ACC (mean per-class recall)
 GCD_METRICS = ("acc_old", "acc_new")  # GCD rows: acc is All accuracy (v2) on the unlabelled pool
 GROUP = ("setting", "benchmark", "backbone", "method", "config_hash", "oracle")
 SEARCH_FILE = "search.json"  # written by orchestrator.search when a search's seeds are done
@@ -93,9 +94,10 @@ def build_table(
         row: dict[str, Any] = dict(zip(GROUP, keys, strict=True))
         row["oracle"] = bool(row["oracle"])
         row["seeds"] = len(group)
-        for m in METRICS:
-            row[m] = float(group[m].mean())
-            row[f"{m}_std"] = float(group[m].std(ddof=0)) if len(group) > 1 else 0.0
+        for m in METRICS:  # NaN where not scored (an unlabelled collection)
+            values = group[m] if m in group else pd.Series(np.nan, index=group.index)
+            row[m] = float(values.mean())
+            row[f"{m}_std"] = float(values.std(ddof=0)) if len(group) > 1 else 0.0
         for m in GCD_METRICS:
             if m in group and group[m].notna().any():
                 row[m] = float(group[m].mean())
@@ -111,6 +113,14 @@ def build_table(
         row["seconds"] = float(total.fillna(own).mean())
         flags = group["degenerate"] if "degenerate" in group else pd.Series(False, group.index)
         row["degenerate"] = int(flags.fillna(False).astype(bool).sum())  # seeds collapsed
+        row["num_clusters"] = int(group["num_clusters"].iloc[0]) if "num_clusters" in group else 0
+        row["num_classes"] = (
+            int(group["num_classes"].iloc[0])
+            if "num_classes" in group and group["num_classes"].notna().iloc[0]
+            else row["num_clusters"]
+        )
+        estimates = group["k_estimate"] if "k_estimate" in group else None
+        row["k_estimated"] = bool(estimates is not None and isinstance(estimates.iloc[0], dict))
         row["objective"] = group["objective"].iloc[0]
         row["n_eval"] = int(group["n_eval"].iloc[0])
         found = searched.get(_join_key(row))
@@ -150,6 +160,16 @@ def _method_cell(r: pd.Series) -> str:
     return cell
 
 
+def _k_cell(r: pd.Series) -> str:
+    """The clusters found: ``10``, ``K̂=9 (10 classes)`` when estimated, ``12 (10 classes)``
+    when asked for another count than the class count; ``-`` for runs older than the column."""
+    k, classes = int(r.get("num_clusters", 0) or 0), int(r.get("num_classes", 0) or 0)
+    if not k:
+        return "-"
+    cell = f"K̂={k}" if r.get("k_estimated") else str(k)
+    return cell + (f" ({classes} classes)" if classes and classes != k else "")
+
+
 def _markdown_table(table: pd.DataFrame) -> str:
     cols = [
         "setting",
@@ -157,7 +177,9 @@ def _markdown_table(table: pd.DataFrame) -> str:
         "backbone",
         "method",
         "seeds",
+        "K",
         "ACC",
+        "bal. ACC",
         "NMI",
         "ARI",
         "GCD Old / New",
@@ -171,6 +193,8 @@ def _markdown_table(table: pd.DataFrame) -> str:
     for _, r in table.iterrows():
 
         def fmt(m: str, r=r) -> str:
+            if pd.isna(r.get(m, np.nan)):
+                return "-"
             if r["seeds"] > 1:
                 return f"{100 * r[m]:.2f} ± {100 * r[m + '_std']:.2f}"
             return f"{100 * r[m]:.2f}"
@@ -185,7 +209,9 @@ def _markdown_table(table: pd.DataFrame) -> str:
             r["backbone"],
             _method_cell(r),
             str(r["seeds"]),
+            _k_cell(r),
             fmt("acc"),
+            fmt("bacc"),
             fmt("nmi"),
             fmt("ari"),
             old_new,

@@ -225,11 +225,11 @@ def ensure_neighbors(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info(
-        "neighbors k=%d: %d rows in %.1fs (%s), %s",
+        "neighbors k=%d: %d rows in %.1fs (%s)%s",
         kmax,
         len(nbr),
         seconds,
         backend,
-        ", ".join(f"{k}={v:.3f}" for k, v in precision.items()),
+        "".join(f", {k}={v:.3f}" for k, v in precision.items()),  # none without labels
     )
     return nbr, {**meta, "path": str(directory)}

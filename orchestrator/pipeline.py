@@ -22,8 +22,11 @@ from deepclust.datasets import DatasetSpec, ImageSet, aligned_eval
 from deepclust.errors import UserError
 from deepclust.gcd import GcdSplit, default_old_classes, gcd_scores, make_split
 from deepclust.metrics import clustering_metrics, is_degenerate
+from deepclust.num_clusters import k_range
 from deepclust.progress import bar as progress
+from deepclust.views import BenchmarkView, apply_view
 from orchestrator.mine import ensure_neighbors
+from orchestrator.outputs import write_outputs
 from orchestrator.ray_env import RaySession
 from trainables import inputs, state_io
 from trainables.job import TrainJob
@@ -55,6 +58,8 @@ class SweepSettings:
     # (gloo), e.g. while the GPUs are busy, or on a cluster that advertises GPUs it has not got
     # (the simulated multi-node cluster of tests/orchestrator/test_multinode.py)
     train_on_gpu: bool = True
+    view: BenchmarkView = BenchmarkView()  # --classes / --imbalance / --ignore-labels
+    num_clusters: int | str | None = None  # None: the class count; "auto": estimated
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,13 @@ class BenchmarkSplits:
     spec: DatasetSpec
     fit: ImageSet
     eval: ImageSet
+    # the benchmark as runs, searches and the leaderboard name it: the spec's name, plus the
+    # view and the asked-for cluster count when given (``cifar10[classes=0,1,2][K=auto]``)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.spec.name)
 
 
 def load_splits(spec: DatasetSpec, settings: SweepSettings) -> BenchmarkSplits:
@@ -72,7 +84,29 @@ def load_splits(spec: DatasetSpec, settings: SweepSettings) -> BenchmarkSplits:
         if spec.eval_split == spec.fit_split
         else spec.load(spec.eval_split, settings.data_root, settings.download)
     )
-    return BenchmarkSplits(spec, fit, aligned_eval(fit, ev))
+    ev = aligned_eval(fit, ev)
+    # a view (deepclust/views.py): the long-tailed draw is the fit split's; a separate eval
+    # split keeps its class balance
+    viewed = apply_view(fit, settings.view)
+    ev = viewed if ev is fit else apply_view(ev, settings.view, long_tail=False)
+    if not viewed.labelled and settings.num_clusters is None:
+        raise UserError(
+            f"{spec.name} has no labels, so no class count: give --num-clusters N or "
+            "--num-clusters auto"
+        )
+    if settings.num_clusters == "auto":
+        k_range(len(viewed))  # too few images to choose K from: one line before Ray starts
+    elif settings.num_clusters is not None and settings.num_clusters > len(viewed):
+        raise UserError(
+            f"--num-clusters {settings.num_clusters} is more than the {len(viewed)} images of "
+            f"{spec.name}; give at most {len(viewed)}"
+        )
+    name = spec.name
+    if not settings.view.is_identity:
+        name += f"[{settings.view.tag()}]"
+    if settings.num_clusters is not None:
+        name += f"[K={settings.num_clusters}]"
+    return BenchmarkSplits(spec, viewed, ev, name)
 
 
 @dataclass(frozen=True)
@@ -123,6 +157,14 @@ class BenchmarkContext:
     store: ArtifactStore
     ray_session: RaySession | None = None  # None inside a seed task (it starts nothing)
     gcd: GcdContext | None = None  # the GCD setting; None: clustering
+    num_clusters: int = 0  # clusters every method finds (--num-clusters); 0: the class count
+    # --num-clusters auto: the estimate's record (orchestrator/num_clusters.py), else None
+    k_estimate: dict[str, Any] | None = None
+
+    @property
+    def k(self) -> int:
+        """The number of clusters to find."""
+        return self.num_clusters or self.splits.fit.num_classes
 
 
 def _absolute(name: str) -> str:
@@ -145,7 +187,7 @@ def _job(
         method=run.method,
         method_config=run.config,
         seed=run.seed,
-        num_clusters=splits.fit.num_classes,
+        num_clusters=ctx.k,
         fit_embeddings=ctx.fit_emb.meta["path"],
         eval_embeddings=ctx.eval_emb.meta["path"],
         neighbors=ctx.neighbors_meta.get("path"),
@@ -155,6 +197,9 @@ def _job(
         fit_split=splits.fit.loaded_split,
         eval_split=splits.eval.loaded_split,
         subset=run.subset,
+        view_classes=settings.view.classes,
+        view_imbalance=settings.view.imbalance,
+        view_ignore_labels=settings.view.ignore_labels,
         backbone=settings.backbone,
         backbone_weights=settings.weights_file,
         work_dir=str(work_dir),
@@ -214,16 +259,21 @@ def run_method(
     if fit.state_file is not None and fit.state_file.name.endswith(".state.pt") and fitted is None:
         fit.state_file.unlink(missing_ok=True)  # a temporary copy beside the run folder
     log.info(
-        "%s/%s seed %d: acc=%.4f nmi=%.4f ari=%.4f (%s)",
-        ctx.splits.fit.name,
+        "%s/%s seed %d: %s (%s)",
+        ctx.splits.name,
         run.method,
         run.seed,
-        result["acc"],
-        result["nmi"],
-        result["ari"],
+        score_text(result),
         ", ".join(f"{k}={v:.3g}" for k, v in fit.diagnostics.items() if isinstance(v, int | float)),
     )
     return result
+
+
+def score_text(result: dict[str, Any]) -> str:
+    """``acc=... nmi=... ari=...``, or the cluster count of an unlabelled collection's run."""
+    if "acc" not in result:
+        return f"{result['num_clusters']} clusters (unlabelled: not scored)"
+    return " ".join(f"{m}={result[m]:.4f}" for m in ("acc", "nmi", "ari"))
 
 
 @dataclass(frozen=True)
@@ -300,7 +350,7 @@ def _plan(run: MethodRun, ctx: BenchmarkContext, parent: dict[str, Any] | None) 
 
     def run_dir(method: str, config_hash: str) -> Path:
         variant = _variant(method, config_hash, gcd)
-        return store.run_dir(splits.fit.name, settings.backbone, variant, run.seed, run.oracle)
+        return store.run_dir(splits.name, settings.backbone, variant, run.seed, run.oracle)
 
     init_state = None
     if parent is not None:
@@ -323,7 +373,7 @@ def _cached(
         return None
     # news only when an earlier sweep wrote it (this one looks its own runs up again)
     level = logging.DEBUG if plan.key in _written_here else logging.INFO
-    log.log(level, "%s/%s seed %d: cached", ctx.splits.fit.name, run.method, run.seed)
+    log.log(level, "%s/%s seed %d: cached", ctx.splits.name, run.method, run.seed)
     return previous
 
 
@@ -361,7 +411,7 @@ def _fit_in_process(run: MethodRun, ctx: BenchmarkContext, plan: _RunPlan) -> _F
     diagnostics = method.fit(
         FitInputs(
             embeddings=ctx.fit_emb.features,
-            num_clusters=ctx.splits.fit.num_classes,
+            num_clusters=ctx.k,
             seed=run.seed,
             neighbors=ctx.neighbors if "neighbors" in method_cls.needs else None,
             labels=ctx.fit_emb.labels if method_cls.uses_labels else None,  # leak guard
@@ -394,13 +444,15 @@ def _result(
     predictions, diagnostics = fit.predictions, fit.diagnostics
     if gcd:
         metrics = gcd_scores(predictions, eval_labels, gcd.split)
-    else:
+    elif splits.eval.labelled:
         metrics = clustering_metrics(eval_labels[: len(predictions)], predictions)
+    else:  # an unlabelled collection: nothing to score against
+        metrics = {}
     return {
         "key": plan.key,
         "setting": "gcd" if gcd else "clustering",
         **({"old_classes": list(gcd.split.old_classes)} if gcd else {}),
-        "benchmark": splits.spec.name,
+        "benchmark": splits.name,
         "fit_split": splits.fit.split,
         "eval_split": splits.eval.split,
         "backbone": ctx.settings.backbone,
@@ -413,7 +465,9 @@ def _result(
         "objective": method_cls.objective,
         "objective_value": diagnostics.get(method_cls.objective),
         "diagnostics": diagnostics,
-        "num_clusters": splits.fit.num_classes,
+        "num_clusters": ctx.k,
+        "num_classes": splits.fit.num_classes,  # 0: an unlabelled collection
+        **({"k_estimate": ctx.k_estimate} if ctx.k_estimate else {}),
         "n_fit": len(ctx.fit_emb.labels),
         "n_eval": len(gcd.split.unlabelled_idx) if gcd else len(predictions),
         **metrics,
@@ -589,7 +643,12 @@ def run_benchmark(
     """
     gcd = None
     if settings.setting == "gcd":
-        splits = BenchmarkSplits(splits.spec, splits.fit, splits.fit)
+        if not splits.fit.labelled:
+            raise UserError(
+                f"{splits.spec.name} has no labels: GCD needs labelled images; use --setting "
+                "clustering"
+            )
+        splits = BenchmarkSplits(splits.spec, splits.fit, splits.fit, splits.name)
     fit_emb, eval_emb, (neighbors, nbr_meta) = prepare_artifacts(
         splits, settings, store, ray_session
     )
@@ -598,6 +657,12 @@ def run_benchmark(
     ctx = BenchmarkContext(
         splits, fit_emb, eval_emb, neighbors, nbr_meta, settings, store, ray_session, gcd
     )
+    if settings.num_clusters is not None:
+        from orchestrator.num_clusters import resolve_num_clusters
+
+        ctx = replace(ctx, **resolve_num_clusters(ctx))
+    if search is not None and search.oracle and not splits.eval.labelled:
+        raise UserError(f"{splits.spec.name} has no labels: --oracle needs a labelled benchmark")
     if search is not None and runs is None:
         from orchestrator.search import SearchFailed
 
@@ -623,19 +688,22 @@ def run_benchmark(
                     before_runs=lambda parent=parent: settle(parent),
                 )
             except SearchFailed as exc:
-                log.error("%s on %s: %s", method, splits.spec.name, exc)
+                log.error("%s on %s: %s", method, splits.name, exc)
                 if failures is not None:
-                    failures.append(f"{method} on {splits.spec.name}: {exc}")
+                    failures.append(f"{method} on {splits.name}: {exc}")
         for method in list(running):
             settle(method)
-        return [r for method in settings.methods for r in done.get(method, [])]
-    # as a search's final runs: heads on cached embeddings train in one process each, as Ray
-    # tasks side by side (a 1-worker Ray Train run per seed would add its start-up and run
-    # the seeds one after another); a finetune config still goes through Ray Train
-    runs = runs or [
-        MethodRun(m, seed, workers=0) for m in settings.methods for seed in settings.seeds
-    ]
-    return _run_all(runs, ctx)
+        results = [r for method in settings.methods for r in done.get(method, [])]
+    else:
+        # as a search's final runs: heads on cached embeddings train in one process each, as
+        # Ray tasks side by side (a 1-worker Ray Train run per seed would add its start-up and
+        # run the seeds one after another); a finetune config still goes through Ray Train
+        runs = runs or [
+            MethodRun(m, seed, workers=0) for m in settings.methods for seed in settings.seeds
+        ]
+        results = _run_all(runs, ctx)
+    write_outputs(ctx, results)
+    return results
 
 
 def _without_images(imageset: ImageSet) -> ImageSet:
@@ -656,7 +724,7 @@ def _task_inputs(ctx: BenchmarkContext) -> dict[str, Any]:
     splits, gcd = ctx.splits, ctx.gcd
     return {
         "splits": BenchmarkSplits(
-            splits.spec, _without_images(splits.fit), _without_images(splits.eval)
+            splits.spec, _without_images(splits.fit), _without_images(splits.eval), splits.name
         ),
         "fit": ctx.fit_emb.meta["path"],
         "eval": ctx.eval_emb.meta["path"],
@@ -664,6 +732,8 @@ def _task_inputs(ctx: BenchmarkContext) -> dict[str, Any]:
         "settings": ctx.settings,
         "store": ctx.store,
         "gcd": (str(gcd.path), gcd.key) if gcd else None,
+        "num_clusters": ctx.num_clusters,
+        "k_estimate": ctx.k_estimate,
     }
 
 
@@ -692,6 +762,8 @@ def _read_task_inputs(shared: dict[str, Any]) -> BenchmarkContext:
         shared["settings"],
         store,
         gcd=gcd,
+        num_clusters=shared["num_clusters"],
+        k_estimate=shared["k_estimate"],
     )
 
 
@@ -712,8 +784,10 @@ def seed_lines(benchmark: str, results: list[dict[str, Any]]) -> list[str]:
     for method, rows in by_method.items():
         seeds = ", ".join(str(r["seed"]) for r in rows)
         scores = " ".join(
-            f"{m}={'/'.join(f'{r[m]:.4f}' for r in rows)}" for m in ("acc", "nmi", "ari")
-        )
+            f"{m}={'/'.join(f'{r[m]:.4f}' for r in rows)}"
+            for m in ("acc", "nmi", "ari")
+            if m in rows[0]
+        ) or score_text(rows[0])
         lines.append(f"{benchmark}/{method} seed{'s' if len(rows) > 1 else ''} {seeds}: {scores}")
     return lines
 
@@ -737,13 +811,13 @@ def _submit_in_parallel(
     def wait() -> list[dict[str, Any]]:
         left = list(refs)
         methods = ", ".join(dict.fromkeys(r.method for r in runs))
-        with progress(total=len(refs), desc=f"{splits.fit.name}/{methods} runs", unit="run") as b:
+        with progress(total=len(refs), desc=f"{splits.name}/{methods} runs", unit="run") as b:
             while left:
                 done, left = ray.wait(left, num_returns=1)
                 b.update(len(done))
         results = ray.get(refs)
         _written_here.update(r["key"] for r in results)
-        for line in seed_lines(splits.fit.name, results):
+        for line in seed_lines(splits.name, results):
             log.info("%s", line)
         return results
 
@@ -820,7 +894,7 @@ def _search_and_run(
         keep_fits=search_gcd is gcd,
     )
     identity = {
-        "benchmark": splits.spec.name,
+        "benchmark": splits.name,
         "backbone": settings.backbone,
         "fit": fit_emb.meta["key"],
         "eval": eval_emb.meta["key"],

@@ -72,7 +72,7 @@ def bar_rows(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame(columns=columns)
     oracle = table["oracle"].fillna(False).astype(bool) if "oracle" in table else False
-    honest = table[~oracle]
+    honest = table[~oracle & table["acc"].notna()]  # unlabelled collections have no ACC
     picked = []
     for _, group in honest.groupby(ROW, sort=True):
         at = pd.to_numeric(
@@ -112,6 +112,7 @@ def write_plots(store: ArtifactStore, table: pd.DataFrame, runs: list[dict[str, 
         for r in runs
         if r.get("method") == "unic"
         and not r.get("oracle")
+        and "acc" in r  # an unlabelled collection's runs are not scored
         and isinstance(r.get("diagnostics"), dict)
     ]
     unic_runs = [u for u in unic_runs if u[0] is not None]

@@ -191,7 +191,7 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
             for splits in chosen:
                 log.info(
                     "benchmark %s: fit %s (%d), eval %s (%d)",
-                    splits.spec.name,
+                    splits.name,
                     splits.fit.split,
                     len(splits.fit),
                     splits.eval.split,
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
                     splits, settings, store, ray_session, search=search, failures=failed
                 )
                 degenerate += [
-                    f"{r['method']} seed {r['seed']} on {splits.spec.name}"
+                    f"{r['method']} seed {r['seed']} on {splits.name}"
                     for r in results
                     if r.get("degenerate")
                 ]

@@ -105,7 +105,7 @@ def _has_finetune(name: str) -> bool:
 
 def run(args: argparse.Namespace, explicit_root: bool) -> int:
     from orchestrator.leaderboard import write_leaderboard
-    from orchestrator.pipeline import BenchmarkSplits, MethodRun, run_benchmark
+    from orchestrator.pipeline import BenchmarkSplits, MethodRun, run_benchmark, score_text
 
     args.methods, args.seeds = args.method, str(args.seed)
     settings = settings_from_args(args, explicit_root)
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
     if args.subset:
         fit = splits.fit.subset(args.subset)
         ev = fit if splits.eval is splits.fit else splits.eval.subset(args.subset)
-        splits = BenchmarkSplits(splits.spec, fit, ev)
+        splits = BenchmarkSplits(splits.spec, fit, ev, splits.name)
     run_spec = MethodRun(
         args.method, args.seed, overrides, args.workers, args.subset, parent_overrides
     )
@@ -142,10 +142,7 @@ def run(args: argparse.Namespace, explicit_root: bool) -> int:
         session.close()
     _, markdown = write_leaderboard(store)
     print("\n" + markdown)
-    print(
-        f"{args.method} on {splits.spec.name}: acc={result['acc']:.4f} nmi={result['nmi']:.4f}"
-        f" ari={result['ari']:.4f} ({time.perf_counter() - t0:.1f}s)"
-    )
+    print(f"{args.method} on {splits.name}: {score_text(result)} ({time.perf_counter() - t0:.1f}s)")
     return 0
 
 

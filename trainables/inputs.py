@@ -27,10 +27,15 @@ def load_state(path: str | None) -> dict[str, Any] | None:
 
 
 def _images(job: TrainJob, split: str):
+    """The split's images as the driver saw them: the benchmark's view, then ``subset``."""
     from deepclust.datasets import resolve_dataset
+    from deepclust.views import BenchmarkView, apply_view
 
     spec = resolve_dataset(job.dataset)
     images = spec.load(split, Path(job.data_root), False)
+    view = BenchmarkView(job.view_classes, job.view_imbalance, job.view_ignore_labels)
+    # the long-tailed draw is the fit split's (a separate eval split keeps its balance)
+    images = apply_view(images, view, long_tail=split == job.fit_split)
     return images.subset(job.subset) if job.subset else images
 
 

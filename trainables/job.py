@@ -46,6 +46,10 @@ class TrainJob:
     work_dir: str
     init_state: str | None  # a staged method's parent state file
     gcd_split: str | None  # the GCD split file: labels only for gcd_labels methods
+    # the benchmark's view (deepclust/views.py), applied again by the worker that loads images
+    view_classes: tuple[str, ...] = ()
+    view_imbalance: float | None = None
+    view_ignore_labels: bool = False
     cpu_threads: int = 0  # torch threads (0: leave torch's default)
     train_cpus: int = 1  # CPUs per Ray Train worker (its data loader uses the rest)
     keep_fits: bool = False  # search trials on the headline inputs keep their fit

@@ -38,7 +38,7 @@ def test_files_are_written_from_run_dirs(tmp_path):
             store.run_dir("digits", "b", "kmeans", seed), np.zeros(3), _run("kmeans", seed, acc)
         )
     table, markdown = write_leaderboard(store)
-    assert "| clustering | digits | b | kmeans | 2 | 60.00 ± 10.00 |" in markdown
+    assert "| clustering | digits | b | kmeans | 2 | - | 60.00 ± 10.00 | - |" in markdown
     assert json.loads(store.leaderboard_path("json").read_text())[0]["seeds"] == 2
     assert store.leaderboard_path("csv").read_text().startswith("setting,benchmark,")
 
@@ -52,6 +52,25 @@ def test_wall_time_prefers_the_staged_total_and_tolerates_untimed_runs():
 
     old_row = [line for line in to_markdown(table).splitlines() if "| old |" in line][0]
     assert "| - | inertia |" in old_row
+
+
+def test_the_k_column_and_an_unlabelled_collection_without_scores():
+    from orchestrator.leaderboard import to_markdown
+
+    unlabelled = [
+        {**_run("kmeans", s, 0.0, bench="folder:x[K=auto]", num_clusters=4, num_classes=0,
+            k_estimate={"k": 4}), "acc": None, "nmi": None, "ari": None}
+        for s in (0, 1)
+    ]  # fmt: skip
+    for r in unlabelled:
+        for m in ("acc", "nmi", "ari"):
+            del r[m]
+    asked = [_run("kmeans", 0, 0.5, bench="d[K=12]", num_clusters=12, num_classes=10, bacc=0.4)]
+    lines = to_markdown(build_table([*unlabelled, *asked])).splitlines()
+    row = next(line for line in lines if "folder:x" in line)
+    assert "| 2 | K̂=4 | - | - | - | - | - |" in row, row
+    row = next(line for line in lines if "d[K=12]" in line)
+    assert "| 1 | 12 (10 classes) | 50.00 | 40.00 | 25.00 |" in row, row
 
 
 def test_empty_leaderboard(tmp_path):

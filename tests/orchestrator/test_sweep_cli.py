@@ -306,3 +306,77 @@ def test_benchmarks_without_data_share_one_line_per_fix():
         f"mnist (data/MNIST), cifar100, cifar100_20 (data/c100): not found; {fetch}",
         "imagenet50 (data/imagenet): not found; place the folders",
     ]
+
+
+def _flat_folder(root: Path, n: int) -> Path:
+    """An unlabelled collection: ``n`` PNGs, a few at the top, the rest in nested folders."""
+    from tests.conftest import make_images
+
+    images, _ = make_images(n)
+    for i, data in enumerate(images):
+        folder = root if i < 3 else root / f"day{i % 2}" / "camera"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"img{i:03d}.png").write_bytes(data)
+    return root
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--num-clusters", "1"], "--num-clusters must be >= 2"),
+        (["--num-clusters", "many"], "--num-clusters must be an integer >= 2 or 'auto'"),
+        (["--imbalance", "0.5"], "ratio of the largest class to the smallest, >= 1"),
+        (["--ignore-labels", "--setting", "gcd"], "--ignore-labels leaves GCD no labelled"),
+        (["--classes", "3,eleven"], "unknown class of digits 'eleven'"),
+        (["--num-clusters", "5000"], "more than the 1797 images of digits"),
+        (["UNLABELLED"], "has no labels, so no class count: give --num-clusters N"),
+        (["UNLABELLED", "--num-clusters", "4", "--imbalance", "10"], "need a labelled benchmark"),
+        (["ONE_IMAGE", "--num-clusters", "auto"], "needs at least 10 images to choose K"),
+        (["UNLABELLED", "--num-clusters", "4", "--setting", "gcd"], "GCD needs labelled images"),
+    ],
+)
+def test_impossible_cluster_requests_are_one_line_errors(args, fragment, tmp_path, capsys):
+    """Each fails in one line (exit 2); all but the GCD one before Ray starts."""
+    from orchestrator.sweep import main
+
+    if args[0] in ("UNLABELLED", "ONE_IMAGE"):
+        folder = _flat_folder(tmp_path / "imgs", 1 if args[0] == "ONE_IMAGE" else 12)
+        args = ["--benchmark", f"folder:{folder}", *args[1:]]
+    else:
+        args = ["--benchmark", "digits", *args]
+    assert main([*args, "--budget", "0", "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
+
+
+@pytest.mark.ray
+def test_an_unlabelled_folder_is_clustered_end_to_end(tmp_path):
+    """Images in nested folders, no labels, K estimated: every method's assignments file
+    (every image once, a cluster and a confidence), gallery and map; a leaderboard without
+    accuracy columns for the benchmark, K̂ in its K column."""
+    import csv
+
+    folder = _flat_folder(tmp_path / "imgs", 30)
+    out = tmp_path / "out"
+    proc, _ = sweep(
+        "--benchmark", f"folder:{folder}", "--num-clusters", "auto", "--methods", "kmeans,scan",
+        "--budget", "0", "--fidelity", "smoke", "--seeds", "0", "--output", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "K̂=" in proc.stderr and "(eigengap over K in 2..6)" in proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if f"folder:{folder}" in line]
+    assert len(rows) == 2, proc.stdout
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[5].startswith("K̂=") and cells[6:10] == ["-", "-", "-", "-"], cells
+    files = sorted((out / "assignments").glob("*/*.csv"))
+    assert [f.name.split("-")[0] for f in files] == ["kmeans", "scan"], files
+    for f in files:
+        table = list(csv.DictReader(f.open()))
+        assert [int(r["image_id"]) for r in table] == list(range(30))
+        sources = {Path(r["source"]).name for r in table}
+        assert sources == {f"img{i:03d}.png" for i in range(30)}
+        assert all(0 <= float(r["confidence"]) <= 1 for r in table)
+    for method in ("kmeans", "scan"):
+        (run,) = (out / "runs").glob(f"*/*/{method}-*/seed0")
+        assert (run / "gallery.html").stat().st_size > 1000 and (run / "map.png").is_file()
