@@ -215,7 +215,9 @@ class ImageSet:
             labels = self.labels[rows]
         if not class_names:
             labels = np.full(len(rows), UNLABELLED, dtype=np.int64)
-        root, root_rows = (self.base, self.base_rows[rows]) if self.base is not None else (self, rows)
+        root, root_rows = (
+            (self.base, self.base_rows[rows]) if self.base is not None else (self, rows)
+        )
         src: dict[str, object] = {}
         if self.pixels is not None:
             src["pixels"] = self.pixels[rows]
@@ -969,9 +971,7 @@ def _image_files(
 
 
 def _has_top_level_images(root: Path) -> bool:
-    return any(
-        e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS) for e in os.scandir(root)
-    )
+    return any(e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS) for e in os.scandir(root))
 
 
 def load_folder(root: Path, name: str, split: str = "all") -> ImageSet:

@@ -210,7 +210,9 @@ def _view_embeddings(
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("embeddings %s/%s: %d rows of %s/%s", view.name, view.split, n, view.name, view.base.split)
+    log.info(
+        "embeddings %s/%s: %d rows of %s/%s", view.name, view.split, n, view.name, view.base.split
+    )
     return store.read_embeddings(directory, features=False)
 
 
