@@ -335,6 +335,8 @@ def _plan(run: MethodRun, ctx: BenchmarkContext, parent: dict[str, Any] | None) 
         {
             **({"parent": parent["key"]} if parent else {}),
             **({"gcd_split": gcd.key} if gcd else {}),
+            # an asked-for or estimated K (the class count is the embeddings' own)
+            **({"num_clusters": ctx.k} if ctx.num_clusters else {}),
             "fit": ctx.fit_emb.meta["key"],
             "eval": ctx.eval_emb.meta["key"],
             "method": run.method,
