@@ -156,20 +156,25 @@ def ensure_embeddings(
         if n != len(imageset):
             raise RuntimeError(f"embedding stage wrote {n} rows for {len(imageset)} images")
         seconds = time.perf_counter() - t0
-        store.commit(
-            tmp,
-            directory,
-            key,
-            rows=n,
-            dataset=imageset.name,
-            split=imageset.split,
-            backbone=opts.backbone,
-            seconds=round(seconds, 2),
-        )
+        _commit(store, tmp, directory, key, imageset, opts, seconds=round(seconds, 2))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("embeddings %s/%s: %d images in %.1fs", imageset.name, imageset.split, n, seconds)
     return store.read_embeddings(directory, features=False)
+
+
+def _commit(store, tmp: Path, directory: Path, key: str, imageset: ImageSet, opts, **extra):
+    """Publish an embeddings artifact of ``imageset`` (its meta names the set and backbone)."""
+    store.commit(
+        tmp,
+        directory,
+        key,
+        rows=len(imageset),
+        dataset=imageset.name,
+        split=imageset.split,
+        backbone=opts.backbone,
+        **extra,
+    )
 
 
 def _view_embeddings(
@@ -198,16 +203,7 @@ def _view_embeddings(
             }
         )
         pq.write_table(table, tmp / "embeddings.parquet")
-        store.commit(
-            tmp,
-            directory,
-            key,
-            rows=n,
-            dataset=view.name,
-            split=view.split,
-            backbone=opts.backbone,
-            view_of=base.meta["key"],
-        )
+        _commit(store, tmp, directory, key, view, opts, view_of=base.meta["key"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info(
