@@ -96,18 +96,18 @@ def measure(args: argparse.Namespace) -> None:
         known = sweep(args, case_args, [])
         setting = "gcd" if gcd else "clustering"
 
-        def rows(table, suffix, setting=setting):
+        bench_name = case_args[1].format(root=args.benchmarks_root)
+        if "--classes" in case_args:
+            bench_name += f"[classes={case_args[case_args.index('--classes') + 1]}]"
+
+        def rows(table, benchmark, setting=setting):
             return {
                 r["method"]: r
                 for r in table
-                if r["setting"] == setting and r["benchmark"].endswith(suffix)
-                and not r["oracle"]
-            }  # fmt: skip
+                if r["setting"] == setting and r["benchmark"] == benchmark and not r["oracle"]
+            }
 
-        with_hat = rows(auto, "[K=auto]")
-        with_k = {m: r for m, r in rows(known, "").items() if "[K=" not in r["benchmark"]}
-        base = CASES[name][0][1].format(root=args.benchmarks_root)
-        with_k = {m: r for m, r in with_k.items() if r["benchmark"].startswith(base)}
+        with_hat, with_k = rows(auto, bench_name + "[K=auto]"), rows(known, bench_name)
         k_hat = int(next(iter(with_hat.values()))["num_clusters"])
         accs = " | ".join(
             f"{100 * with_hat[m]['acc']:.2f} / {100 * with_k[m]['acc']:.2f}" for m in methods
