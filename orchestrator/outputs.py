@@ -33,6 +33,19 @@ def assignments_path(root: Path, result: dict[str, Any]) -> Path:
     return root / "assignments" / _slug(result["benchmark"] + setting) / name
 
 
+def _run_dir(ctx, result: dict[str, Any]) -> Path:
+    """The run's folder under this store (a run's ``run_dir`` names where it was written,
+    which a copied or moved output folder no longer is)."""
+    from orchestrator.pipeline import run_variant  # this module is imported by pipeline
+
+    gcd = result.get("setting") == "gcd"
+    variant = run_variant(result["method"], result["config_hash"], gcd)
+    oracle = bool(result.get("oracle"))
+    return ctx.store.run_dir(
+        result["benchmark"], result["backbone"], variant, result["seed"], oracle
+    )
+
+
 def _layout(ctx) -> tuple[np.ndarray, np.ndarray]:
     """The eval split's 2-D layout, cached by its embeddings' key (one t-SNE per benchmark)."""
     path = ctx.store.root / "artifacts" / "maps" / f"{ctx.eval_emb.meta['key']}.npz"
@@ -59,7 +72,7 @@ def write_outputs(ctx, results: list[dict[str, Any]]) -> list[Path]:
     n = len(ctx.eval_emb.labels)
     written, layout = [], None
     for r in first.values():
-        run_dir = Path(r["run_dir"])
+        run_dir = _run_dir(ctx, r)
         files = [run_dir / f for f in (ASSIGNMENTS, GALLERY, MAP)]
         copy = assignments_path(ctx.store.root, r)
         if all(f.is_file() for f in files):

@@ -351,7 +351,7 @@ def _plan(run: MethodRun, ctx: BenchmarkContext, parent: dict[str, Any] | None) 
     config_hash = stable_key(identity if run.parent_config else config)[:8]
 
     def run_dir(method: str, config_hash: str) -> Path:
-        variant = _variant(method, config_hash, gcd)
+        variant = run_variant(method, config_hash, gcd)
         return store.run_dir(splits.name, settings.backbone, variant, run.seed, run.oracle)
 
     init_state = None
@@ -539,7 +539,8 @@ def _run_all(
     return finish if background else finish()
 
 
-def _variant(method: str, config_hash: str, gcd) -> str:
+def run_variant(method: str, config_hash: str, gcd) -> str:
+    """A run folder's name: the method (``-gcd`` in the GCD setting) and its config hash."""
     return f"{method}-gcd-{config_hash}" if gcd else f"{method}-{config_hash}"
 
 
