@@ -103,6 +103,11 @@ def add_common_arguments(p: argparse.ArgumentParser, seeds: str = "0") -> None:
         help="run a labelled benchmark as an unlabelled collection (no accuracy columns)",
     )
     p.add_argument(
+        "--no-gallery",
+        action="store_true",
+        help="skip each method's assignments.csv, gallery.html and map.png",
+    )
+    p.add_argument(
         "--kmax", type=int, default=None, help="neighbours mined per image (default: min(50, N-1))"
     )
     p.add_argument("--knn-backend", default="auto", choices=BACKENDS)
@@ -194,7 +199,9 @@ def settings_from_args(args: argparse.Namespace, explicit_root: bool):
         tuple(split_csv(args.classes or "")), args.imbalance, bool(args.ignore_labels)
     )
     if view.ignore_labels and setting == "gcd":
-        raise UserError("--ignore-labels leaves GCD no labelled images; drop it or --setting gcd")
+        raise UserError(
+            "--ignore-labels leaves GCD no labelled images; drop it or use --setting clustering"
+        )
     return SweepSettings(
         data_root=data_root,
         download=args.download,
@@ -212,6 +219,7 @@ def settings_from_args(args: argparse.Namespace, explicit_root: bool):
         train_on_gpu=not args.cpu_workers,
         view=view,
         num_clusters=parse_num_clusters(args.num_clusters),
+        galleries=not args.no_gallery,
     )
 
 

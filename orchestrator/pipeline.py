@@ -60,6 +60,7 @@ class SweepSettings:
     train_on_gpu: bool = True
     view: BenchmarkView = BenchmarkView()  # --classes / --imbalance / --ignore-labels
     num_clusters: int | str | None = None  # None: the class count; "auto": estimated
+    galleries: bool = True  # each method's assignments, gallery and map (orchestrator/outputs.py)
 
 
 @dataclass(frozen=True)
@@ -705,7 +706,8 @@ def run_benchmark(
             MethodRun(m, seed, workers=0) for m in settings.methods for seed in settings.seeds
         ]
         results = _run_all(runs, ctx)
-    write_outputs(ctx, results)
+    if settings.galleries:
+        write_outputs(ctx, results)
     return results
 
 

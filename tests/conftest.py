@@ -75,6 +75,7 @@ def sweep_settings(out: Path, methods=("unic",), seeds=(0,), **overrides):
         "knn_backend": "auto",
         "knn_shards": 1,
         "batch_size": 64,
+        "galleries": False,  # the gallery tests ask for them
     }
     return SweepSettings(**{**fields, **overrides})
 

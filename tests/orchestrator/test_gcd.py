@@ -119,7 +119,7 @@ def test_clustering_only_and_gcd_only_methods_are_refused_in_the_other_setting(t
 
 def _cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator.sweep", *args],
+        [sys.executable, "-m", "orchestrator.sweep", *args, "--no-gallery"],
         cwd=REPO,
         capture_output=True,
         text=True,

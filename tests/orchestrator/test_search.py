@@ -245,6 +245,7 @@ def test_ctrl_c_mid_search_then_resume_equals_the_search_run_through(parquets, t
             "0",
             "--output",
             str(out),
+            "--no-gallery",
             *extra,
         ]
 

@@ -27,6 +27,7 @@ def train_cmd(parquet, out, *extra):
         f"parquet:{parquet}",
         "--output",
         str(out),
+        "--no-gallery",  # galleries: tests/orchestrator/test_sweep_cli.py
         *extra,
     ]
 
