@@ -45,13 +45,23 @@ def cluster_color(c: int) -> str:
 def confidence(features: np.ndarray, pred: np.ndarray, k: int = CONFIDENCE_K) -> np.ndarray:
     """(N,) share of each row's ``k`` nearest neighbours (self excluded) in its own cluster.
     ``features``: (N, D) unit-norm embeddings; ``pred``: (N,) cluster ids."""
+    if len(pred) < 2:
+        return np.ones(len(pred))
+    return agreement(pred, confidence_neighbors(features, k))
+
+
+def confidence_neighbors(features: np.ndarray, k: int = CONFIDENCE_K) -> np.ndarray:
+    """(N, min(k, N - 1)) nearest neighbours of each row (self excluded): what
+    :func:`agreement` reads; the same for every method clustering these features."""
     from deepclust.knn import knn_self
 
-    n = len(pred)
-    if n < 2:
-        return np.ones(n)
-    nbr = knn_self(np.ascontiguousarray(features, dtype=np.float32), min(k, n - 1))[0]
-    return (pred[nbr] == pred[:, None]).mean(1)
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    return knn_self(x, min(k, len(x) - 1))[0]
+
+
+def agreement(pred: np.ndarray, neighbors: np.ndarray) -> np.ndarray:
+    """(N,) share of each row's ``neighbors`` in its own cluster."""
+    return (pred[neighbors] == pred[:, None]).mean(1)
 
 
 def write_assignments(

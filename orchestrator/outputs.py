@@ -46,6 +46,15 @@ def _run_dir(ctx, result: dict[str, Any]) -> Path:
     )
 
 
+def _confidence_neighbors(ctx) -> np.ndarray:
+    """The eval split's CONFIDENCE_K nearest neighbours: the mined table's first columns when
+    the eval split is the fit split (mined with the same exact search), else computed once."""
+    k = gallery.CONFIDENCE_K
+    if ctx.eval_emb is ctx.fit_emb and ctx.neighbors.shape[1] >= k:
+        return ctx.neighbors[:, :k]
+    return gallery.confidence_neighbors(ctx.eval_emb.features, k)
+
+
 def _layout(ctx) -> tuple[np.ndarray, np.ndarray]:
     """The eval split's 2-D layout, cached by its embeddings' key (one t-SNE per benchmark)."""
     path = ctx.store.root / "artifacts" / "maps" / f"{ctx.eval_emb.meta['key']}.npz"
@@ -70,7 +79,7 @@ def write_outputs(ctx, results: list[dict[str, Any]]) -> list[Path]:
         first.setdefault((r["method"], r["config_hash"]), r)
     images = ctx.splits.eval
     n = len(ctx.eval_emb.labels)
-    written, layout = [], None
+    written, layout, neighbors = [], None, None
     for r in first.values():
         run_dir = _run_dir(ctx, r)
         files = [run_dir / f for f in (ASSIGNMENTS, GALLERY, MAP)]
@@ -83,7 +92,9 @@ def write_outputs(ctx, results: list[dict[str, Any]]) -> list[Path]:
         pred = pq.read_table(run_dir / "predictions.parquet").column("cluster").to_numpy()
         if len(pred) != n or not len(images):
             continue
-        conf = gallery.confidence(ctx.eval_emb.features, pred)
+        if neighbors is None:  # one kNN table for every method's confidence
+            neighbors = _confidence_neighbors(ctx)
+        conf = gallery.agreement(pred, neighbors)
         gallery.write_assignments(files[0], pred, conf, images.describe)
         labels = ctx.eval_emb.labels if images.labelled else None
         summary = gallery.cluster_summary(
