@@ -6,8 +6,10 @@
 The images are the shared CIFAR-10 test JPEGs (../shared/data/cifar10/test.parquet, cycled when
 --n exceeds 10,000), else synthetic JPEGs. Modes, all on the same images in the same process:
 
-* bare:    the model's forward on pre-made normalised tensors (bf16 autocast on CUDA), the
-           reference every ratio is taken against (images/s of the mode / images/s of bare);
+* bare:    the model's forward on pre-made normalised tensors, one call per batch (bf16
+           autocast on CUDA), the reference every ratio is taken against (images/s of the mode
+           / images/s of bare); on CPU the embedder itself calls the model on chunks of
+           deepclust.embedder.CPU_CHUNK rows, and a parity line compares the two;
 * serial:  what one Ray Data embedding actor runs after a decode task, but in one process:
            deepclust.preprocess.decode_batch (PIL) then deepclust.embedder.Embedder, in turn;
 * workers: decode_batch in torch DataLoader worker processes (--workers, default: all cores
@@ -39,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run this checkout's deepclust, not an installed copy
     sys.path.insert(0, str(ROOT))
 
-from deepclust.embedder import Embedder  # noqa: E402
+from deepclust.embedder import CPU_CHUNK, Embedder  # noqa: E402
 from deepclust.gpu_decode import decode_batch_on_device  # noqa: E402
 from deepclust.preprocess import Preprocess, decode_batch, normalize_images  # noqa: E402
 
@@ -259,7 +261,7 @@ def main() -> None:
         decode_only["device"], _ = timed(dev, decode_only_device)
 
     labels = {
-        "bare": f"bare forward{' (bf16)' if emb.autocast else ''}",
+        "bare": f"bare forward, one call per batch{' (bf16)' if emb.autocast else ''}",
         "serial": "serial: PIL decode, then embed",
         "workers": f"workers: {args.workers} decode procs -> embed",
         "device": "device: decode on device -> embed",
@@ -282,6 +284,14 @@ def main() -> None:
                 f"parity {mode} vs serial: cosine min {cos.min():.6f} mean {cos.mean():.6f}, "
                 f"same error rows {same_errors}"
             )
+    if dev.type == "cpu":  # the embedder's chunked forward against one call per batch
+        x = normalize_images(torch.from_numpy(decode_batch(batches[0], pp)["image"]), pp)
+        whole = torch.nn.functional.normalize(bare(x).float().flatten(1), dim=1)
+        chunked = torch.from_numpy(emb.embed_images(decode_batch(batches[0], pp)["image"]))
+        print(
+            f"parity chunks of {CPU_CHUNK} vs one {len(x)}-image call: max abs diff "
+            f"{(whole - chunked).abs().max().item():.2e}"
+        )
     bad = int((results[next(iter(results))]["error"] != "").sum()) if results else 0
     if bad:
         print(f"warning: {bad} image(s) failed to decode (embedded as zeros)")

@@ -81,3 +81,19 @@ def test_torch_and_numpy_image_batches_embed_identically(embedder, batch):
     np.testing.assert_array_equal(from_numpy, from_torch)
     as_loader = dict(host, image=torch.from_numpy(host["image"]), error=list(host["error"]))
     np.testing.assert_array_equal(embedder(as_loader)["embedding"], from_numpy)
+
+
+def test_cpu_forward_in_chunks_matches_one_call(embedder, batch, monkeypatch):
+    """The CPU forward runs CPU_CHUNK rows at a time; a batch larger than a chunk embeds as
+    one model call over the whole batch does (bit for bit on the machines measured; the
+    assertion allows float noise from kernels that differ with the batch size)."""
+    import deepclust.embedder as embedder_module
+
+    host = decode_batch(batch, embedder.preprocess)
+    images = np.concatenate([host["image"]] * 3)  # 24 rows: one full chunk and a part
+    monkeypatch.setattr(embedder_module, "CPU_CHUNK", 16)
+    chunked = embedder.embed_images(images)
+    monkeypatch.setattr(embedder_module, "CPU_CHUNK", len(images))
+    whole = embedder.embed_images(images)
+    assert chunked.shape == whole.shape == (24, 1280)
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)
