@@ -12,8 +12,9 @@ Without ``--dev`` it runs the product (``python -m orchestrator.sweep``, ``--bud
 k-means and UNIC at their defaults, seed 0) on each case twice, with ``--num-clusters auto``
 and with the true K, and prints per case: the true K, K̂, the relative error and the ACC of
 each method with K̂ beside its ACC with K. Cases: ``digits``, the CIFAR-10 test parquet, the
-same restricted to its first 3, 5 and 7 classes (``--classes``), and GCD on ``digits`` (GCD's
-estimator on the labelled images); ``--cases`` picks some. Embeddings are cached under
+same restricted to its first 3, 5 and 7 classes (``--classes``), and GCD on ``digits`` and on
+the CIFAR-10 train pool (GCD's estimator on the labelled images); ``--cases`` picks some (the
+CIFAR-10 train pool embeds 50,000 images first). Embeddings are cached under
 ``--output``, so a second run only re-reads them.
 """
 
@@ -40,6 +41,7 @@ CASES = {  # name -> (sweep arguments, true K)
     "cifar10-test-5": (["--benchmark", CIFAR, "--classes", "0,1,2,3,4"], 5),
     "cifar10-test-7": (["--benchmark", CIFAR, "--classes", "0,1,2,3,4,5,6"], 7),
     "gcd-digits": (["--benchmark", "digits", "--setting", "gcd"], 10),
+    "gcd-cifar10-train": (["--benchmark", CIFAR.replace("test", "train"), "--setting", "gcd"], 10),
 }
 DEV_SUBSETS = ([0, 1], [2, 3], [0, 1, 2], [1, 3, 4], [0, 2, 4], [0, 1, 2, 3], [1, 2, 3, 4])
 DEV_SUBSETS += ([0, 1, 2, 3, 4],)

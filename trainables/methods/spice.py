@@ -263,13 +263,15 @@ class Spice(HeadMethod):
     Config = SpiceConfig
     needs = frozenset({"embeddings", "neighbors"})
     objective = "pseudo_label_ce"  # the kept SPICE-Self head's CE on its own pseudo-labels
+    # smoke: the smallest run that does not collapse on digits (hidden 16, 2 epochs and 20
+    # semi steps put every image in one cluster, seeds 0-2; these take ~5 s a fit there)
     smoke = {
         "num_heads": 2,
-        "hidden": 16,
-        "epochs": 2,
+        "hidden": 64,
+        "epochs": 4,
         "repeats": 2,
         "semi_epochs": 2,
-        "semi_min_steps": 20,
+        "semi_min_steps": 400,
         "confidence_threshold": 0.5,
         "consistency_ratio": 0.5,
         "reliable_neighbors": 5,
