@@ -289,7 +289,7 @@ def main() -> None:
         whole = torch.nn.functional.normalize(bare(x).float().flatten(1), dim=1)
         chunked = torch.from_numpy(emb.embed_images(decode_batch(batches[0], pp)["image"]))
         print(
-            f"parity chunks of {CPU_CHUNK} vs one {len(x)}-image call: max abs diff "
+            f"parity chunks of {CPU_CHUNK}+ rows vs one {len(x)}-image call: max abs diff "
             f"{(whole - chunked).abs().max().item():.2e}"
         )
     bad = int((results[next(iter(results))]["error"] != "").sum()) if results else 0

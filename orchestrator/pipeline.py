@@ -21,6 +21,7 @@ from deepclust.config import from_dict, to_dict
 from deepclust.datasets import DatasetSpec, ImageSet, aligned_eval
 from deepclust.errors import UserError
 from deepclust.gcd import GcdSplit, default_old_classes, gcd_scores, make_split
+from deepclust.knn import check_k
 from deepclust.metrics import clustering_metrics, is_degenerate
 from deepclust.num_clusters import k_range
 from deepclust.progress import bar as progress
@@ -612,6 +613,8 @@ def prepare_artifacts(
     # start faster without it
     from orchestrator.embed import EmbedOptions, ensure_embeddings
 
+    if settings.kmax:  # a --kmax the fit split cannot have fails before any image is embedded
+        check_k(len(splits.fit), settings.kmax)
     opts = EmbedOptions(settings.backbone, settings.weights_file, settings.batch_size)
     fit_emb = ensure_embeddings(splits.fit, opts, store, ray_session)
     eval_emb = (

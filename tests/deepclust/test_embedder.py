@@ -84,16 +84,16 @@ def test_torch_and_numpy_image_batches_embed_identically(embedder, batch):
 
 
 def test_cpu_forward_in_chunks_matches_one_call(embedder, batch, monkeypatch):
-    """The CPU forward runs CPU_CHUNK rows at a time; a batch larger than a chunk embeds as
-    one model call over the whole batch does (bit for bit on the machines measured; the
-    assertion allows float noise from kernels that differ with the batch size)."""
+    """The CPU forward runs on chunks of CPU_CHUNK or more rows; a batch of several chunks
+    embeds as one model call over the whole batch does (bit for bit on the machine measured;
+    the assertion allows float noise from kernels that differ with the batch size)."""
     import deepclust.embedder as embedder_module
 
     host = decode_batch(batch, embedder.preprocess)
-    images = np.concatenate([host["image"]] * 3)  # 24 rows: one full chunk and a part
+    images = np.concatenate([host["image"]] * 5)  # 40 rows: two chunks of 20
     monkeypatch.setattr(embedder_module, "CPU_CHUNK", 16)
     chunked = embedder.embed_images(images)
     monkeypatch.setattr(embedder_module, "CPU_CHUNK", len(images))
     whole = embedder.embed_images(images)
-    assert chunked.shape == whole.shape == (24, 1280)
+    assert chunked.shape == whole.shape == (40, 1280)
     np.testing.assert_allclose(chunked, whole, atol=1e-5)

@@ -73,7 +73,6 @@ def test_named_benchmark_without_data_names_the_path(tmp_path):
     assert_one_line_error(proc, "dataset 'cifar10' not found at", str(tmp_path), "--download")
 
 
-@pytest.mark.ray
 def _interrupt_while_embedding(args, tmp_path):
     """Ctrl-C (SIGINT to the process group) once Ray Data runs the embedding: exit 130, one
     line naming the rerun, no traceback, nothing half-written left as an artifact."""
@@ -106,6 +105,7 @@ def _interrupt_while_embedding(args, tmp_path):
     assert not list(out.glob("artifacts/embeddings/**/_meta.json"))  # nothing published
 
 
+@pytest.mark.ray
 def test_end_to_end_then_cached_rerun(tiny_parquet, tmp_path):
     """Interrupted while embedding, then run to the end, then run again from the caches."""
     args = [
@@ -136,21 +136,12 @@ def test_corrupt_image_and_k_too_large_fail_cleanly(corrupt_parquet, tiny_parque
     proc, _ = sweep("--benchmark", f"parquet:{corrupt_parquet}", "--output", str(tmp_path / "o"))
     assert_one_line_error(proc, "2 unreadable image(s)", "idx 5", "row 5")
     proc, _ = sweep(
-        "--benchmark", f"parquet:{tiny_parquet}", "--kmax", "24", "--output", str(tmp_path / "o")
-    )
+        "--benchmark", f"parquet:{tiny_parquet}", "--kmax", "24", "--budget", "0",
+        "--output", str(tmp_path / "o"),
+    )  # fmt: skip
     assert_one_line_error(proc, "k=24 is out of range")
-    # the embeddings computed before the kNN error are kept and reused
-    proc, _ = sweep(
-        "--benchmark",
-        f"parquet:{tiny_parquet}",
-        "--kmax",
-        "5",
-        "--methods",
-        "kmeans",
-        "--output",
-        str(tmp_path / "o"),
-    )
-    assert proc.returncode == 0 and ": cached" in proc.stderr
+    # a --kmax the set cannot have is known from its size: nothing was embedded, nor Ray started
+    assert "orchestrator.embed" not in proc.stderr and "cluster:" not in proc.stderr
 
 
 @pytest.mark.ray

@@ -12,6 +12,8 @@ seeds 1 and 2 (same code, same embeddings) show whether a gain is more than seed
 margin is about half the smallest gain measured over seeds 0-2.
 """
 
+import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,10 @@ def digits(tmp_path_factory):
     # processes starve and the Ray tests take 2-4x longer
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    # and yield the CPU to them: Ray runs its workers at nice 15, so a CPU-bound test at nice 0
+    # gets almost all of a core they share (a 40 s Ray test took 180 s beside this module)
+    niceness = os.nice(0)
+    os.nice(19 - niceness)
     from deepclust.embedder import Embedder
     from deepclust.preprocess import decode_batch
 
@@ -63,6 +69,8 @@ def digits(tmp_path_factory):
     kmeans.fit(FitInputs(feats, 10, 0))
     yield feats, labels, nbr, hungarian_acc(labels, kmeans.predict(feats))
     torch.set_num_threads(threads)
+    with contextlib.suppress(PermissionError):  # raising priority back needs root
+        os.nice(niceness - os.nice(0))
 
 
 @pytest.mark.parametrize("name,overrides,margin", CASES, ids=[c[0] for c in CASES])
