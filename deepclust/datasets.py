@@ -414,6 +414,17 @@ def _missing(name: str, path: Path, how: str) -> DatasetUnavailable:
 _TV_HOW = "rerun with --download (needs internet) or point --data-root at the folder that holds it"
 
 
+def _split_dataset(
+    name: str, cls: Callable[..., object], folder: str, split: str, data_root: Path, download: bool
+):
+    """A torchvision dataset whose constructor takes ``split=`` (train or test), under
+    ``data_root / folder``."""
+    _check_split(name, split, ("train", "test"))
+    return _torchvision(
+        name, lambda: cls(str(data_root), split=split, download=download), data_root / folder
+    )
+
+
 def _torchvision(name: str, factory: Callable[[], object], where: Path, how: str = _TV_HOW):
     """Construct a torchvision dataset, turning its 'not found' errors into one line."""
     try:
@@ -522,12 +533,7 @@ def _cifar_loader(name: str, coarse: bool = False) -> Loader:
 def _stl10_loader(split: str, data_root: Path, download: bool) -> ImageSet:
     from torchvision.datasets import STL10
 
-    _check_split("stl10", split, ("train", "test"))
-    ds = _torchvision(
-        "stl10",
-        lambda: STL10(str(data_root), split=split, download=download),
-        data_root / "stl10_binary",
-    )
+    ds = _split_dataset("stl10", STL10, "stl10_binary", split, data_root, download)
     return _pixel_set(
         "stl10",
         split,
@@ -678,12 +684,7 @@ def _cub_loader(split: str, data_root: Path, download: bool) -> ImageSet:
 def _scars_loader(split: str, data_root: Path, download: bool) -> ImageSet:
     from torchvision.datasets import StanfordCars
 
-    _check_split("scars", split, ("train", "test"))
-    ds = _torchvision(
-        "scars",
-        lambda: StanfordCars(str(data_root), split=split, download=download),
-        data_root / "stanford_cars",
-    )
+    ds = _split_dataset("scars", StanfordCars, "stanford_cars", split, data_root, download)
     paths, labels = zip(*ds._samples, strict=True) if ds._samples else ((), ())
     return _path_set(
         "scars", split, paths, labels, ds.classes, origin=str(data_root / "stanford_cars")
