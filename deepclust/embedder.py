@@ -25,7 +25,7 @@ from deepclust.preprocess import decode_batch, normalization_stats, normalize_im
 
 # Rows per forward pass on CPU. A convnet's activations for 16 images at 224 px stay in a
 # core's cache where 64 images' do not: on the 2-core test machine EfficientNet-Lite0 embeds
-# 1.5-1.8x as many images a second in chunks of 16 as in one 64-image call (bench/embed.py:
+# about 1.5x as many images a second in chunks of 16 as in one call per batch (bench/embed.py:
 # serial mode against the one-call bare forward, same run). A batch is cut into chunks of 16
 # to 31 rows, never fewer: from 16 rows on, oneDNN's kernels give features bit-identical to
 # one call over the whole batch there, where smaller calls differ in the 7th digit.

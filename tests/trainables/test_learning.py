@@ -48,7 +48,8 @@ def digits(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     # and yield the CPU to them: Ray runs its workers at nice 15, so a CPU-bound test at nice 0
-    # gets almost all of a core they share (a 40 s Ray test took 180 s beside this module)
+    # gets almost all of a core they share (a Ray test that takes 40 s alone took 180 s in the
+    # suite)
     niceness = os.nice(0)
     os.nice(19 - niceness)
     from deepclust.embedder import Embedder
