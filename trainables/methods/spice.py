@@ -263,7 +263,7 @@ class Spice(HeadMethod):
     Config = SpiceConfig
     needs = frozenset({"embeddings", "neighbors"})
     objective = "pseudo_label_ce"  # the kept SPICE-Self head's CE on its own pseudo-labels
-    # smoke: the smallest run that does not collapse on digits (hidden 16, 2 epochs and 20
+    # smoke: a short run that does not collapse on digits (hidden 16, 2 epochs and 20
     # semi steps put every image in one cluster, seeds 0-2; these take ~5 s a fit there)
     smoke = {
         "num_heads": 2,
