@@ -181,13 +181,9 @@ def plan_blocks(
         if low:  # rounded copy (bf16/fp16 on cuda, rounded fp32 on cpu) and its hi/lo norms
             resident_bytes += (2 if device == "cuda" else 4) * n * d + 8 * n
     host = working if device == "cpu" else 16 * bq * k + (0 if resident else 4 * d * (bq + bd))
+    sizes = {"n": n, "d": d, "k": k, "nq": nq, "bq": bq, "bd": bd}
     return StreamPlan(
-        n=n,
-        d=d,
-        k=k,
-        nq=nq,
-        bq=bq,
-        bd=bd,
+        **sizes,
         candidates=c,
         group=_group_size(bd, c) if low else 1,
         rescore_rows=r,

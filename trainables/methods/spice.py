@@ -33,13 +33,7 @@ from deepclust.errors import UserError
 from trainables import loop
 from trainables.finetune import FinetuneOptions, finetune_model
 from trainables.heads import L2Normalize
-from trainables.losses.spice import (
-    balance_reliable,
-    fixmatch_loss,
-    local_consistency,
-    prototype_pseudo_labels,
-    spice_ce,
-)
+from trainables.losses import spice as losses  # SPICE's losses and sample selection
 from trainables.methods.base import DEFAULT_KMAX, CachedPlan, FitInputs, HeadMethod
 from trainables.pairs import dropout, unwrap
 
@@ -148,7 +142,7 @@ class _SelfSteps:
             with torch.no_grad():
                 s = F.softmax(self.model(self.feats[rows].to(device)).float(), -1).cpu()
             picks = [
-                prototype_pseudo_labels(
+                losses.prototype_pseudo_labels(
                     sh, self.feats[rows], self.cfg.center_ratio, self.cfg.select_ratio
                 )
                 for sh in s
@@ -167,11 +161,11 @@ class _SelfSteps:
 
     def training_step(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
         logits = model(batch["x"])
-        losses = [
-            spice_ce(lh, yh, self.cfg.double_softmax)
+        per_head = [
+            losses.spice_ce(lh, yh, self.cfg.double_softmax)
             for lh, yh in zip(logits, batch["y"], strict=True)
         ]
-        loss = torch.stack(losses).mean()
+        loss = torch.stack(per_head).mean()
         return loss, {"loss/pseudo_ce": float(loss.detach())}
 
 
@@ -220,7 +214,7 @@ class _SemiSteps:
             weak = unwrap(model)(batch["weak"])[0]
         out = model(torch.cat([batch["xl"], batch["strong"]]))[0]
         cfg = self.cfg
-        return fixmatch_loss(
+        return losses.fixmatch_loss(
             out[:lb], batch["yl"], weak, out[lb:], cfg.semi_threshold, cfg.semi_unlabelled_weight
         )
 
@@ -231,7 +225,7 @@ def _semi_step(model: nn.Module, batch: dict[str, Tensor], cfg: SpiceConfig):
     FixMatch."""
     lb, ub = len(batch["xl"]), len(batch["weak"])
     out = model(torch.cat([batch["xl"], batch["weak"], batch["strong"]]))[0]
-    return fixmatch_loss(
+    return losses.fixmatch_loss(
         out[:lb],
         batch["yl"],
         out[lb : lb + ub],
@@ -266,16 +260,10 @@ class Spice(HeadMethod):
     # smoke: a short run that does not collapse on digits (hidden 16, 2 epochs and 20
     # semi steps put every image in one cluster, seeds 0-2; these take ~5 s a fit there)
     smoke = {
-        "num_heads": 2,
-        "hidden": 64,
-        "epochs": 4,
-        "repeats": 2,
-        "semi_epochs": 2,
-        "semi_min_steps": 400,
-        "confidence_threshold": 0.5,
-        "consistency_ratio": 0.5,
-        "reliable_neighbors": 5,
-    }
+        "num_heads": 2, "hidden": 64, "epochs": 4, "repeats": 2,  # SPICE-Self
+        "confidence_threshold": 0.5, "consistency_ratio": 0.5, "reliable_neighbors": 5,
+        "semi_epochs": 2, "semi_min_steps": 400,  # SPICE-Semi
+    }  # fmt: skip
     # deviation: laptop fidelity (CPU-only clusters) self-trains two heads instead of five: the
     # first stage's cost is linear in heads; SPICE-Semi keeps every step (search_spaces/budgets.py)
     laptop = {"num_heads": 2}
@@ -315,17 +303,17 @@ class Spice(HeadMethod):
             logits = trained(feats)
             ces = []
             for lh in logits:
-                idx, y = prototype_pseudo_labels(
+                idx, y = losses.prototype_pseudo_labels(
                     F.softmax(lh, -1), feats, cfg.center_ratio, cfg.select_ratio
                 )
-                ces.append(float(spice_ce(lh[idx], y, cfg.double_softmax)))
+                ces.append(float(losses.spice_ce(lh[idx], y, cfg.double_softmax)))
         best = int(np.argmin(ces))
         prob = F.softmax(logits[best], -1)
         conf, self.pred = prob.max(1)
         table = np.concatenate(
             [np.arange(n)[:, None], inputs.neighbors[:, : cfg.reliable_neighbors - 1]], 1
         )
-        reliable = local_consistency(
+        reliable = losses.local_consistency(
             self.pred,
             conf,
             torch.from_numpy(table),
@@ -333,7 +321,7 @@ class Spice(HeadMethod):
             cfg.confidence_threshold,
         )
         gen = torch.Generator().manual_seed(inputs.seed)
-        balanced = balance_reliable(reliable, self.pred, k, gen, cfg.balance)
+        balanced = losses.balance_reliable(reliable, self.pred, k, gen, cfg.balance)
         fallback = "none"
         if not balanced.any():
             # docs/methods.md, SPICE: empty-set fallback (balance=smallest: one cluster without

@@ -36,12 +36,7 @@ from deepclust.neighbors import (
 from trainables import loop
 from trainables.finetune import Augment
 from trainables.heads import ClusterHead, HeadKind, InputNorm, MultiHead
-from trainables.losses.neighbors import (
-    neighbor_clustering_loss,
-    pair_nll,
-    probs,
-    supervised_term,
-)
+from trainables.losses.neighbors import neighbor_clustering_loss, pair_nll, probs, supervised_term
 from trainables.methods.base import DEFAULT_KMAX, CachedPlan, FitInputs, HeadMethod
 
 log = logging.getLogger(__name__)
