@@ -42,25 +42,23 @@ def cluster_color(c: int) -> str:
     return PALETTE[c % len(PALETTE)]
 
 
-def confidence(features: np.ndarray, pred: np.ndarray, k: int = CONFIDENCE_K) -> np.ndarray:
-    """(N,) share of each row's ``k`` nearest neighbours (self excluded) in its own cluster.
-    ``features``: (N, D) unit-norm embeddings; ``pred``: (N,) cluster ids."""
-    if len(pred) < 2:
-        return np.ones(len(pred))
-    return agreement(pred, confidence_neighbors(features, k))
-
-
 def confidence_neighbors(features: np.ndarray, k: int = CONFIDENCE_K) -> np.ndarray:
-    """(N, min(k, N - 1)) nearest neighbours of each row (self excluded): what
-    :func:`agreement` reads; the same for every method clustering these features."""
+    """(N, min(k, N - 1)) int64 nearest neighbours of each row (self excluded) of (N, D)
+    unit-norm ``features``: what :func:`confidence` reads, the same for every method that
+    clusters these features."""
     from deepclust.knn import knn_self
 
     x = np.ascontiguousarray(features, dtype=np.float32)
+    if len(x) < 2:
+        return np.zeros((len(x), 0), dtype=np.int64)
     return knn_self(x, min(k, len(x) - 1))[0]
 
 
-def agreement(pred: np.ndarray, neighbors: np.ndarray) -> np.ndarray:
-    """(N,) share of each row's ``neighbors`` in its own cluster."""
+def confidence(pred: np.ndarray, neighbors: np.ndarray) -> np.ndarray:
+    """(N,) share of each row's nearest ``neighbors`` (N, k) (:func:`confidence_neighbors`) in
+    its own cluster ``pred`` (N,); 1 for a row without neighbours."""
+    if neighbors.shape[1] == 0:
+        return np.ones(len(pred))
     return (pred[neighbors] == pred[:, None]).mean(1)
 
 

@@ -94,7 +94,7 @@ def write_outputs(ctx, results: list[dict[str, Any]]) -> list[Path]:
             continue
         if neighbors is None:  # one kNN table for every method's confidence
             neighbors = _confidence_neighbors(ctx)
-        conf = gallery.agreement(pred, neighbors)
+        conf = gallery.confidence(pred, neighbors)
         gallery.write_assignments(files[0], pred, conf, images.describe)
         labels = ctx.eval_emb.labels if images.labelled else None
         summary = gallery.cluster_summary(

@@ -23,16 +23,20 @@ def _clusters(k: int = 3, per: int = 12):
 
 def test_confidence_is_the_share_of_neighbours_in_the_same_cluster():
     x, pred, _ = _clusters()
-    assert np.allclose(gallery.confidence(x, pred, k=5), 1.0)  # tight, separate groups
+    assert np.allclose(
+        gallery.confidence(pred, gallery.confidence_neighbors(x, k=5)), 1.0
+    )  # tight, separate groups
     mixed = pred.copy()
     mixed[0] = 1  # a row of group 0 put in cluster 1: none of its neighbours agree
-    conf = gallery.confidence(x, mixed, k=5)
+    conf = gallery.confidence(mixed, gallery.confidence_neighbors(x, k=5))
     assert conf[0] == 0.0 and conf[1:12].min() >= 0.8
+    one = gallery.confidence_neighbors(x[:1])  # a single image has no neighbour: confidence 1
+    assert one.shape == (1, 0) and gallery.confidence(pred[:1], one).tolist() == [1.0]
 
 
 def test_summary_and_assignments(tmp_path):
     x, pred, _ = _clusters()
-    conf = gallery.confidence(x, pred, k=5)
+    conf = gallery.confidence(pred, gallery.confidence_neighbors(x, k=5))
     conf[3] = 0.1
     labels = np.where(np.arange(len(pred)) == 5, 2, pred)  # one row of cluster 0 is class 2
     summary = gallery.cluster_summary(pred, conf, 4, labels, ("a", "b", "c"))
@@ -50,7 +54,7 @@ def test_summary_and_assignments(tmp_path):
 
 def _gallery(tmp_path, k=3):
     x, pred, images = _clusters(k)
-    conf = gallery.confidence(x, pred, k=5)
+    conf = gallery.confidence(pred, gallery.confidence_neighbors(x, k=5))
     summary = gallery.cluster_summary(pred, conf, k)
     path = tmp_path / "gallery.html"
     gallery.write_gallery(
