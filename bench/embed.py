@@ -285,9 +285,10 @@ def main() -> None:
                 f"same error rows {same_errors}"
             )
     if dev.type == "cpu":  # the embedder's chunked forward against one call per batch
-        x = normalize_images(torch.from_numpy(decode_batch(batches[0], pp)["image"]), pp)
+        pixels = decode_batch(batches[0], pp)["image"]
+        x = normalize_images(torch.from_numpy(pixels), pp)
         whole = torch.nn.functional.normalize(bare(x).float().flatten(1), dim=1)
-        chunked = torch.from_numpy(emb.embed_images(decode_batch(batches[0], pp)["image"]))
+        chunked = torch.from_numpy(emb.embed_images(pixels))
         print(
             f"parity chunks of {CPU_CHUNK}+ rows vs one {len(x)}-image call: max abs diff "
             f"{(whole - chunked).abs().max().item():.2e}"
