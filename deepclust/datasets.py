@@ -374,31 +374,27 @@ def _file_fingerprint(paths: list[Path]) -> str:
 
 
 def _pixel_set(name, split, pixels, labels, class_names, origin="") -> ImageSet:
-    labels = np.asarray(labels, dtype=np.int64)
-    return ImageSet(
-        name=name,
-        split=split,
-        labels=labels,
-        num_classes=len(class_names),
-        class_names=tuple(class_names),
-        fingerprint=_hash(name, split, pixels, labels),
-        pixels=np.ascontiguousarray(pixels, dtype=np.uint8),
-        origin=origin,
-    )
+    source = np.ascontiguousarray(pixels, dtype=np.uint8)
+    return _image_set(name, split, pixels, labels, class_names, origin, pixels=source)
 
 
 def _path_set(name, split, paths, labels, class_names, origin="") -> ImageSet:
-    labels = np.asarray(labels, dtype=np.int64)
     paths = tuple(str(p) for p in paths)
+    return _image_set(name, split, paths, labels, class_names, origin, paths=paths)
+
+
+def _image_set(name, split, content, labels, class_names, origin, **source) -> ImageSet:
+    """An ImageSet over ``source`` (``pixels=`` or ``paths=``), fingerprinted by ``content``."""
+    labels = np.asarray(labels, dtype=np.int64)
     return ImageSet(
         name=name,
         split=split,
         labels=labels,
         num_classes=len(class_names),
         class_names=tuple(class_names),
-        fingerprint=_hash(name, split, paths, labels),
-        paths=paths,
+        fingerprint=_hash(name, split, content, labels),
         origin=origin,
+        **source,
     )
 
 
