@@ -62,6 +62,8 @@ def _search_space(
     weight (5) and lr."""
     return {
         "num_neighbors": trial.suggest_int("num_neighbors", min(5, kmax), kmax, log=True),
+        # deviation: SCAN fixes the entropy weight at 5; searched below it as well, a search
+        # can weaken the uniform prior where its label-free objective prefers (long tails)
         "entropy_weight": trial.suggest_float("entropy_weight", 1.0, 10.0),
         "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
     }

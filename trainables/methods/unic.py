@@ -294,6 +294,8 @@ def _search_space(
     if out["neg_rule"] != "none":
         out["n_neg"] = trial.suggest_categorical("n_neg", [1, 4])
         out["w_neg"] = trial.suggest_float("w_neg", 0.1, 3.0, log=True)
+    # deviation: the entropy weight is SCAN's fixed 5; searched below it as well, a search can
+    # weaken the uniform prior where its label-free objective prefers (long tails)
     out["w_ent"] = trial.suggest_float("w_ent", 1.0, 10.0)
     out["lr"] = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
     if setting == "gcd":
