@@ -3,10 +3,11 @@
     python bench/num_clusters.py --dev                  # choose: the eigengap's graph on dev data
     python bench/num_clusters.py --output /tmp/kbench   # measure: the sweep on the benchmarks
 
-``--dev`` compares the kNN graph's size (10, 20 or 50 neighbours per row) on the development
-set (5,000 GCD-labelled CIFAR-10 train images, never scored by any table; see
-bench/dev_defaults.py) cut into subsets of 2 to 5 of its classes: the true K, K̂ for each graph
-and the mean relative error. Labels only define the subsets and the true K.
+``--dev`` compares the kNN graph's size (10, 20 or 50 neighbours per row), and two classic
+k-means criteria (silhouette, Calinski-Harabasz), on the development set (5,000 GCD-labelled
+CIFAR-10 train images, never scored by any table; see bench/dev_defaults.py) cut into subsets
+of 2 to 5 of its classes: the true K, K̂ for each and the mean relative error. Labels only
+define the subsets and the true K.
 
 Without ``--dev`` it runs the product (``python -m orchestrator.sweep``, ``--budget 0``,
 k-means and UNIC at their defaults, seed 0) on each case twice, with ``--num-clusters auto``
@@ -47,6 +48,23 @@ DEV_SUBSETS = ([0, 1], [2, 3], [0, 1, 2], [1, 3, 4], [0, 2, 4], [0, 1, 2, 3], [1
 DEV_SUBSETS += ([0, 1, 2, 3, 4],)
 
 
+def kmeans_criteria(feats: np.ndarray, hi: int) -> dict[str, int]:
+    """K̂ by two classic k-means criteria over K = 2..hi (the alternatives the eigengap is
+    compared with): the cosine silhouette (on a fixed 2,000-row sample) and Calinski-Harabasz,
+    each maximised."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import calinski_harabasz_score, silhouette_score
+
+    scores: dict[str, dict[int, float]] = {"silhouette": {}, "Calinski-Harabasz": {}}
+    for k in range(2, hi + 1):
+        pred = KMeans(n_clusters=k, n_init=3, random_state=0).fit_predict(feats)
+        scores["silhouette"][k] = silhouette_score(
+            feats, pred, metric="cosine", sample_size=min(2000, len(feats)), random_state=0
+        )
+        scores["Calinski-Harabasz"][k] = calinski_harabasz_score(feats, pred)
+    return {name: max(s, key=s.get) for name, s in scores.items()}
+
+
 def dev(args: argparse.Namespace) -> None:
     from dev_defaults import load_dev_set
 
@@ -55,19 +73,21 @@ def dev(args: argparse.Namespace) -> None:
 
     data = load_dev_set(args.cache, args.data_root, args.n)
     graphs = (10, 20, 50)
-    print("| dev classes | true K | " + " | ".join(f"K̂ ({g}-NN graph)" for g in graphs) + " |")
-    print("|---|---|" + "---|" * len(graphs))
-    errors = {g: [] for g in graphs}
+    names = [f"K̂ ({g}-NN graph)" for g in graphs] + ["K̂ (silhouette)", "K̂ (Calinski-Harabasz)"]
+    print("| dev classes | true K | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    errors: list[list[float]] = [[] for _ in names]
     for classes in DEV_SUBSETS:
         rows = np.isin(data["labels"], classes)
         feats = data["feats"][rows]
         nbr = knn_self(feats, 50)[0]
         ks = [estimate_k(feats, nbr, hi=15, graph_k=g).k for g in graphs]
-        for g, k in zip(graphs, ks, strict=True):
-            errors[g].append(abs(k - len(classes)) / len(classes))
+        ks += list(kmeans_criteria(feats, hi=15).values())
+        for errs, k in zip(errors, ks, strict=True):
+            errs.append(abs(k - len(classes)) / len(classes))
         cells = " | ".join(str(k) for k in ks)
         print(f"| {','.join(map(str, classes))} | {len(classes)} | {cells} |", flush=True)
-    means = " | ".join(f"{100 * np.mean(errors[g]):.0f}%" for g in graphs)
+    means = " | ".join(f"{100 * np.mean(e):.0f}%" for e in errors)
     print(f"| mean relative error | | {means} |")
 
 
