@@ -116,7 +116,9 @@ def load_dev_set(cache: Path, data_root: Path, n: int) -> dict[str, np.ndarray]:
     return data
 
 
-def score(name: str, config: dict, data: dict, seed: int) -> tuple[float, float]:
+def score(name: str, config: dict, data: dict, seed: int, k: int = K) -> tuple[float, float]:
+    """(ACC, seconds) of one fit and prediction of ``name`` on ``data`` (``feats``, ``nbr``,
+    ``labels``) with ``k`` clusters; labels read only to score."""
     from deepclust.config import from_dict
     from deepclust.metrics import hungarian_acc
     from trainables.methods import METHODS, FitInputs
@@ -124,7 +126,7 @@ def score(name: str, config: dict, data: dict, seed: int) -> tuple[float, float]
     cls = METHODS.get(name)
     method = cls(from_dict(cls.Config, config))
     t0 = time.perf_counter()
-    method.fit(FitInputs(data["feats"], K, seed, data["nbr"]))
+    method.fit(FitInputs(data["feats"], k, seed, data["nbr"]))
     acc = hungarian_acc(data["labels"], method.predict(data["feats"]))
     return float(acc), time.perf_counter() - t0
 

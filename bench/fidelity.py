@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run this checkout's packages, not an installed copy
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from dev_defaults import score  # noqa: E402
 
 
 def load_main_job_inputs(results: Path) -> dict[str, np.ndarray]:
@@ -43,24 +45,9 @@ def load_main_job_inputs(results: Path) -> dict[str, np.ndarray]:
     return {"feats": emb.features, "labels": emb.labels, "nbr": nbr}
 
 
-def fit(method: str, config: dict, data: dict, seed: int) -> tuple[float, float]:
-    """(seconds, ACC) of one fit and prediction."""
+def main() -> None:
     import torch
 
-    from deepclust.config import from_dict
-    from deepclust.metrics import hungarian_acc
-    from trainables.methods import METHODS, FitInputs
-
-    torch.set_num_threads(1)
-    cls = METHODS.get(method)
-    model = cls(from_dict(cls.Config, config))
-    t0 = time.perf_counter()
-    model.fit(FitInputs(data["feats"], 10, seed, data["nbr"]))
-    pred = model.predict(data["feats"])
-    return time.perf_counter() - t0, 100 * hungarian_acc(data["labels"], pred)
-
-
-def main() -> None:
     from search_spaces import FIDELITIES, fidelity_overrides
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -72,6 +59,7 @@ def main() -> None:
         "--results", type=Path, default=Path("results"), help="the main job's --output folder"
     )
     args = p.parse_args()
+    torch.set_num_threads(1)
     data = load_main_job_inputs(args.results)
     config = {**fidelity_overrides(args.method, args.fidelity), **json.loads(args.set)}
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -80,8 +68,9 @@ def main() -> None:
     print("|---|---|---|---|")
     rows = []
     for seed in seeds:
-        secs, acc = fit(args.method, config, data, seed)
-        _, ref = fit("kmeans", {}, data, seed)
+        acc, secs = score(args.method, config, data, seed, k=10)
+        ref, _ = score("kmeans", {}, data, seed, k=10)
+        acc, ref = 100 * acc, 100 * ref
         rows.append((secs, acc, ref))
         print(f"| {seed} | {secs:.1f} | {acc:.2f} | {ref:.2f} |", flush=True)
     secs, acc, ref = np.mean(rows, axis=0)
