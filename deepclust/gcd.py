@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from deepclust.errors import UserError
 from deepclust.metrics import balanced_acc, hungarian_acc
@@ -212,6 +210,8 @@ def gcd_accuracy(
 def _matched_accuracy(y: np.ndarray, p: np.ndarray) -> tuple[float, np.ndarray]:
     """One Hungarian matching (clusters x classes, maximising agreement); returns the accuracy
     and the per-image correctness under it."""
+    from scipy.optimize import linear_sum_assignment  # imported here: ~0.5 s, see metrics.py
+
     p = _relabel(p)
     d = max(int(p.max()), int(y.max())) + 1
     w = np.zeros((d, d), dtype=np.int64)
@@ -226,6 +226,8 @@ def _matched_accuracy(y: np.ndarray, p: np.ndarray) -> tuple[float, np.ndarray]:
 def gcd_scores(predictions: np.ndarray, labels: np.ndarray, split: GcdSplit) -> dict[str, float]:
     """The GCD row of a run: v2 All (as ``acc``) / Old / New, NMI and ARI on the unlabelled
     images; with a held-out labelled subset also its v2 accuracy (``val_acc``, selection)."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score  # ~0.9 s
+
     u = split.unlabelled_idx
     y, p = labels[u], predictions[u]
     v2 = gcd_accuracy(y, p, split.old_classes)
