@@ -119,16 +119,28 @@ def load_dev_set(cache: Path, data_root: Path, n: int) -> dict[str, np.ndarray]:
 def score(name: str, config: dict, data: dict, seed: int, k: int = K) -> tuple[float, float]:
     """(ACC, seconds) of one fit and prediction of ``name`` on ``data`` (``feats``, ``nbr``,
     ``labels``) with ``k`` clusters; labels read only to score."""
+    out = fit_and_score(name, config, data, seed, k)
+    return out["acc"], out["seconds"]
+
+
+def fit_and_score(name: str, config: dict, data: dict, seed: int, k: int = K) -> dict:
+    """``score``'s fit, with the label-free ``neighbor_agreement`` of its predictions (the
+    search objective of TEMI, IIC and SPICE, deepclust/selection.py) beside its ACC."""
     from deepclust.config import from_dict
     from deepclust.metrics import hungarian_acc
+    from deepclust.selection import neighbor_agreement
     from trainables.methods import METHODS, FitInputs
 
     cls = METHODS.get(name)
     method = cls(from_dict(cls.Config, config))
     t0 = time.perf_counter()
     method.fit(FitInputs(data["feats"], k, seed, data["nbr"]))
-    acc = hungarian_acc(data["labels"], method.predict(data["feats"]))
-    return float(acc), time.perf_counter() - t0
+    pred = method.predict(data["feats"])
+    return {
+        "acc": float(hungarian_acc(data["labels"], pred)),
+        "seconds": time.perf_counter() - t0,
+        "agreement": neighbor_agreement(pred, data["nbr"], k),
+    }
 
 
 def row(label: str, accs: list[float], secs: float) -> str:
