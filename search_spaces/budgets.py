@@ -7,8 +7,10 @@
   number of MLP heads trained side by side (one instead of four: each costs as much as the
   run) and UNIC's floor of 8,000 steps on small sets (it keeps its 100 epochs: 5,700 steps on
   1,797 images) and SPICE's number of self-training heads (two instead of five; its FixMatch
-  stage keeps every step). The searched hyperparameters are untouched; a trial's suggestions
-  override these values.
+  stage keeps every step). The three methods with MLP heads (UNIC, TEMI, SPICE) also train in
+  bf16 autocast where the CPU has native bf16 units, as every method does on a GPU
+  (trainables/loop.py); fp32 elsewhere. The searched hyperparameters are untouched; a
+  trial's suggestions override these values.
 * ``smoke``: each method's ``smoke`` overrides (tests, ``--smoke-test``).
 
 The final seeds of a search are run at the same fidelity as its trials, so the leaderboard

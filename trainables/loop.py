@@ -32,7 +32,10 @@ class LoopConfig:
     min_lr_ratio: float = 1e-3
     warmup_steps: int = 0  # linear warm-up from 0 before the schedule
     grad_clip: float = 0.0  # 0 disables
-    amp: bool = True  # bf16 autocast on CUDA only
+    amp: bool = True  # bf16 autocast on CUDA
+    # bf16 autocast on the CPU as well, where it has native bf16 units (``cpu_has_bf16``; fp32
+    # elsewhere): laptop fidelity's MLP heads (search_spaces/budgets.py)
+    cpu_amp: bool = False
     report_every: int = 1  # epochs between reports/checkpoints (and always the last epoch)
 
 
@@ -79,6 +82,14 @@ def warm_start_hooks(hooks: LoopHooks, finetune: bool) -> LoopHooks:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): there bf16 autocast
+    trains an MLP head about 1.5x faster (bench/fidelity.py); elsewhere it would be emulated,
+    slower than fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:
@@ -137,7 +148,10 @@ def fit(model: nn.Module, steps: TrainSteps, cfg: LoopConfig, hooks: LoopHooks) 
     wrapped = hooks.prepare_model(model)
     total = cfg.epochs * cfg.steps_per_epoch
     after_step = getattr(steps, "after_step", None)
-    autocast = cfg.amp and hooks.device.type == "cuda"
+    autocast = cfg.amp and (
+        hooks.device.type == "cuda"
+        or (cfg.cpu_amp and hooks.device.type == "cpu" and cpu_has_bf16())
+    )
     for epoch in range(start_epoch, cfg.epochs):
         wrapped.train()
         sums: dict[str, float] = {}

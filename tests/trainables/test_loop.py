@@ -89,3 +89,27 @@ def test_cosine_schedule_ends_at_the_floor():
     cfg = LoopConfig(epochs=2, steps_per_epoch=5, lr=0.1, schedule="cosine", optimizer="sgd")
     fit(_model(), Regression(), cfg, LoopHooks(report=lambda m, s: lrs.append(m["lr"])))
     assert 0.1 > lrs[0] > lrs[1] and lrs[1] < 0.01  # cosine decay towards lr * 1e-3
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+@pytest.mark.parametrize("cpu_amp", [True, False])
+def test_cpu_bf16_autocast_only_when_asked_and_native(monkeypatch, cpu_amp, native_bf16):
+    """``cpu_amp`` trains the step under bf16 autocast on a CPU with native bf16 units, and
+    in fp32 otherwise (emulated bf16 would be slower than fp32); the model still learns."""
+    import trainables.loop as loop
+
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: native_bf16)
+    seen = []
+
+    class Recording(Regression):
+        def training_step(self, model, batch):
+            out = model(batch["x"])
+            seen.append((torch.is_autocast_enabled("cpu"), out.dtype))
+            return ((out.float() - batch["y"]) ** 2).mean(), {}
+
+    cfg = LoopConfig(epochs=4, steps_per_epoch=25, lr=0.05, cpu_amp=cpu_amp)
+    model = fit(_model(), Recording(), cfg, LoopHooks(device=torch.device("cpu")))
+    on = cpu_amp and native_bf16
+    assert set(seen) == {(on, torch.bfloat16 if on else torch.float32)}
+    assert model.weight.dtype == torch.float32  # autocast casts the matmul, not the weights
+    assert abs(float(model.weight) - 3) < 0.1

@@ -89,6 +89,9 @@ class SpiceConfig(FinetuneOptions):
     # schedule has the lr near 0 over the last steps, where an EMA would average.
     semi_epochs: Count = 100  # passes over the unlabelled set
     semi_min_steps: int = 2000
+    # bf16 autocast while training on a CPU with native bf16 units (fp32 elsewhere; CUDA always
+    # autocasts): laptop fidelity turns it on (search_spaces/budgets.py)
+    cpu_bf16: bool = False
     # --- finetune mode: SPICE-Semi on images (SGD + cosine as the semi stage) ---
     ft_lr: Rate = 0.03
     ft_weight_decay: float = 5e-4
@@ -264,9 +267,10 @@ class Spice(HeadMethod):
         "confidence_threshold": 0.5, "consistency_ratio": 0.5, "reliable_neighbors": 5,
         "semi_epochs": 2, "semi_min_steps": 400,  # SPICE-Semi
     }  # fmt: skip
-    # deviation: laptop fidelity (CPU-only clusters) self-trains two heads instead of five: the
-    # first stage's cost is linear in heads; SPICE-Semi keeps every step (search_spaces/budgets.py)
-    laptop = {"num_heads": 2}
+    # deviation: laptop fidelity (CPU-only clusters) self-trains two heads instead of five (the
+    # first stage's cost is linear in heads; SPICE-Semi keeps every step) and trains both stages
+    # in bf16 autocast (search_spaces/budgets.py)
+    laptop = {"num_heads": 2, "cpu_bf16": True}
     search_space = staticmethod(_search_space)
 
     def check(self, inputs: FitInputs) -> None:
@@ -288,7 +292,10 @@ class Spice(HeadMethod):
         heads = SpiceHeads(self.feats.shape[1], inputs.num_clusters, cfg.num_heads, cfg.hidden)
         steps = _SelfSteps(cfg, heads, self.feats, inputs.num_clusters, inputs.seed)
         config = loop.LoopConfig(
-            epochs=cfg.epochs, steps_per_epoch=steps.steps_per_epoch, lr=cfg.lr
+            epochs=cfg.epochs,
+            steps_per_epoch=steps.steps_per_epoch,
+            lr=cfg.lr,
+            cpu_amp=cfg.cpu_bf16,
         )
         return CachedPlan(heads, steps, config, loop.LoopHooks(device=hooks.device))
 
@@ -390,6 +397,7 @@ class Spice(HeadMethod):
                 optimizer="sgd",
                 schedule="cosine",
                 report_every=max(1, epochs // 10),
+                cpu_amp=cfg.cpu_bf16,
             ),
             hooks,
         )

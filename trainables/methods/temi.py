@@ -50,6 +50,9 @@ class TemiConfig(CheckedChoices):
     # deviation: 100 epochs in the README; 50 on this CPU budget (cost is epochs x N x heads)
     epochs: Count = 50
     min_steps: int = 1000
+    # bf16 autocast while training on a CPU with native bf16 units (fp32 elsewhere; CUDA always
+    # autocasts): laptop fidelity turns it on (search_spaces/budgets.py)
+    cpu_bf16: bool = False
 
 
 class TemiHeads(nn.Module):
@@ -165,9 +168,10 @@ class Temi(HeadMethod):
         "warmup_epochs": 1,
         "num_neighbors": 5,
     }
-    # deviation: laptop fidelity (CPU-only clusters) trains one MLP head instead of four: the
-    # cost is linear in heads and the run keeps every step (search_spaces/budgets.py)
-    laptop = {"num_heads": 1}
+    # deviation: laptop fidelity (CPU-only clusters) trains one MLP head instead of four (the
+    # cost is linear in heads; the run keeps every step) in bf16 autocast
+    # (search_spaces/budgets.py)
+    laptop = {"num_heads": 1, "cpu_bf16": True}
     search_space = staticmethod(_search_space)
 
     def check(self, inputs: FitInputs) -> None:
@@ -214,6 +218,7 @@ class Temi(HeadMethod):
             optimizer="adamw",
             warmup_steps=min(cfg.warmup_epochs, epochs // 2) * steps_per_epoch,
             report_every=max(1, epochs // 10),
+            cpu_amp=cfg.cpu_bf16,
         )
         return CachedPlan(model, self.steps, config, hooks)
 

@@ -92,6 +92,9 @@ class UnicConfig(CheckedChoices):
     batch_size: Count | None = None  # None: clamp(N // 80, 32, 512) anchors per step
     epochs: Count | None = None  # None: 100 epochs over the anchors, at least min_steps steps
     min_steps: int = 8000  # small sets need many small steps to converge
+    # bf16 autocast while training on a CPU with native bf16 units (fp32 elsewhere; CUDA always
+    # autocasts): laptop fidelity turns it on (search_spaces/budgets.py)
+    cpu_bf16: bool = False
     # --- finetune mode (docs/methods.md, UNIC: finetune mode) ---
     finetune: bool = False
     unfreeze_last_blocks: int = 1
@@ -314,9 +317,9 @@ class Unic(HeadMethod):
     reports_objective = True
     smoke = {"epochs": 10, "num_heads": 2}
     gcd_labels = True  # GCD: labelled images are ground-truth neighbours (UNIC: GCD mode)
-    # deviation: laptop fidelity (CPU-only clusters) drops the 8,000-step floor of small sets;
-    # the run keeps its 100 epochs (search_spaces/budgets.py)
-    laptop = {"min_steps": 0}
+    # deviation: laptop fidelity (CPU-only clusters) drops the 8,000-step floor of small sets
+    # (the run keeps its 100 epochs) and trains in bf16 autocast (search_spaces/budgets.py)
+    laptop = {"min_steps": 0, "cpu_bf16": True}
     search_space = staticmethod(_search_space)
 
     def _prepare(self, inputs: FitInputs) -> tuple[UnicConfig, PairSampler]:
@@ -389,6 +392,7 @@ class Unic(HeadMethod):
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
             report_every=max(1, cfg.epochs // 10),  # ~10 checkpoints: cached epochs are short
+            cpu_amp=cfg.cpu_bf16,
         )
         # finetune mode: the heads warm-start on embeddings (same seed on every worker:
         # identical warm starts) unless init_head_from_cached is off
