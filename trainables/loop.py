@@ -86,7 +86,7 @@ def default_device() -> torch.device:
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): there bf16 autocast
-    trains an MLP head about 1.5x faster (bench/fidelity.py); elsewhere it would be emulated,
+    trains an MLP head 1.3-1.6x faster (bench/RESULTS.md); elsewhere it would be emulated,
     slower than fp32."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
