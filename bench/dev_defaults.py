@@ -42,6 +42,7 @@ CANDIDATES = {
     "unic": ("head", ["linear", "mlp"]),
 }
 K = 5  # the GCD Old classes of CIFAR-10 (airplane ... deer)
+DEV_N = 5000  # rows of the development set (``--n``)
 
 
 def dev_rows(train_labels: np.ndarray, n: int) -> np.ndarray:
@@ -100,7 +101,7 @@ def add_dev_set_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache", type=Path, default=Path("/tmp/deepclust_dev_cifar10_gcd_labelled.npz")
     )
-    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--n", type=int, default=DEV_N)
 
 
 def load_dev_set(cache: Path, data_root: Path, n: int) -> dict[str, np.ndarray]:

@@ -8,10 +8,10 @@ process on one thread (as a seed run of the sweep trains), at a fidelity plus an
 
 Prints per seed the fit's seconds and its ACC (labels read only to score), then the means, with
 k-means (default config, same seeds) on the same embeddings as the reference, and the fit's
-label-free ``neighbor_agreement`` (what a search ranks TEMI, IIC and SPICE trials by). The inputs are
-the main job's own: the digits embeddings and mined 50-NN table under its output folder
-(``--results``, default ./results). This is how the main job's cost floor in docs/results.md
-was measured.
+label-free ``neighbor_agreement`` (what a search ranks TEMI, IIC and SPICE trials by). The
+inputs are the main job's own: the digits embeddings and mined 50-NN table under its output
+folder (``--results``, default ./results). This is how the main job's cost floor in
+docs/results.md was measured.
 
 ``--dev``: the same on the development set of bench/dev_defaults.py (CIFAR-10 train images
 that no reported protocol scores, K = 5) instead of ``digits``, cut to its first ``--n`` rows
@@ -33,7 +33,14 @@ if str(ROOT) not in sys.path:  # run this checkout's packages, not an installed 
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from dev_defaults import K, add_dev_set_arguments, fit_and_score, load_dev_set, score  # noqa: E402
+from dev_defaults import (  # noqa: E402
+    DEV_N,
+    K,
+    add_dev_set_arguments,
+    fit_and_score,
+    load_dev_set,
+    score,
+)
 
 
 def load_main_job_inputs(results: Path) -> dict[str, np.ndarray]:
@@ -57,7 +64,7 @@ def dev_inputs(args: argparse.Namespace) -> dict[str, np.ndarray]:
     50-NN table."""
     from deepclust.knn import knn_self
 
-    full = load_dev_set(args.cache, args.data_root, 5000)
+    full = load_dev_set(args.cache, args.data_root, DEV_N)
     n = args.n or len(full["feats"])
     feats = np.ascontiguousarray(full["feats"][:n])
     nbr = full["nbr"] if n == len(full["feats"]) else knn_self(feats, 50)[0]
