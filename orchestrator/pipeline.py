@@ -497,6 +497,7 @@ def _run_all(
     ctx: BenchmarkContext,
     require_state: bool = False,
     background: bool = False,
+    hold: list[Callable[[], None]] | None = None,
 ):
     """Every run, in order: cached ones answered here (a cached sweep starts no Ray), Ray
     Train runs started from here, and the rest as Ray tasks side by side that read the
@@ -504,9 +505,10 @@ def _run_all(
     so a child finds its parent's run instead of training it again beside it.
 
     ``background``: return at once a function that waits for the runs and returns their
-    results, so the caller can go on (a sweep searches its next method meanwhile: no core
-    idles between one method's last seed and the next method's trials). Runs that must wait
-    for other runs of this call (a staged wave) still run before it returns.
+    results, so the caller can go on (a sweep searches its next method meanwhile). Runs that
+    must wait for other runs of this call (a staged wave) still run before it returns.
+    ``hold`` (with ``background``): the Ray tasks are not submitted yet; a function that
+    submits them is appended to ``hold`` for the caller to call (waiting submits them too).
     """
     results: dict[int, dict[str, Any]] = {}
     pending = []
@@ -527,15 +529,19 @@ def _run_all(
     gpus = ctx.ray_session.resources().gpus if on_gpu else 0
     last = None
     for n, wave in enumerate(waves):
-        submitted = _submit_in_parallel([runs[i] for i in wave], ctx, gpus, require_state)
+        submit = _Submission([runs[i] for i in wave], ctx, gpus, require_state)
         if background and n == len(waves) - 1:
-            last = (wave, submitted)
+            last = (wave, submit)
+            if hold is None:
+                submit.start()
+            else:
+                hold.append(submit.start)
         else:
-            results.update(zip(wave, submitted(), strict=True))
+            results.update(zip(wave, submit.wait(), strict=True))
 
     def finish() -> list[dict[str, Any]]:
         if last is not None:
-            results.update(zip(last[0], last[1](), strict=True))
+            results.update(zip(last[0], last[1].wait(), strict=True))
         return [results[i] for i in range(len(runs))]
 
     return finish if background else finish()
@@ -671,36 +677,7 @@ def run_benchmark(
     if search is not None and search.oracle and not splits.eval.labelled:
         raise UserError(f"{splits.spec.name} has no labels: --oracle needs a labelled benchmark")
     if search is not None and runs is None:
-        from orchestrator.search import SearchFailed
-
-        chosen: dict[str, tuple[dict[str, Any], bool]] = {}
-        # a method's seed runs go on while the next method searches; a staged method's seed
-        # runs start from its parent's, so they wait for those
-        running: dict[str, Callable[[], list[dict[str, Any]]]] = {}
-        done: dict[str, list[dict[str, Any]]] = {}
-
-        def settle(method: str | None) -> None:
-            if method in running:
-                done[method] = running.pop(method)()
-
-        for method in settings.methods:
-            parent = METHODS.get(method).starts_from
-            try:
-                running[method] = _search_and_run(
-                    method,
-                    ctx,
-                    search,
-                    chosen,
-                    background=True,
-                    before_runs=lambda parent=parent: settle(parent),
-                )
-            except SearchFailed as exc:
-                log.error("%s on %s: %s", method, splits.name, exc)
-                if failures is not None:
-                    failures.append(f"{method} on {splits.name}: {exc}")
-        for method in list(running):
-            settle(method)
-        results = [r for method in settings.methods for r in done.get(method, [])]
+        results = _search_all(ctx, search, failures)
     else:
         # as a search's final runs: heads on cached embeddings train in one process each, as
         # Ray tasks side by side (a 1-worker Ray Train run per seed would add its start-up and
@@ -712,6 +689,55 @@ def run_benchmark(
     if settings.galleries:
         write_outputs(ctx, results)
     return results
+
+
+def _search_all(
+    ctx: BenchmarkContext, search, failures: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Search every method of ``ctx.settings`` in turn, then run each one's best config with
+    every seed (``_search_and_run``); the results of all, method by method.
+
+    A method's seed runs go on while the next method searches, queued in Ray behind that
+    search's first trials: submitted once those trials run (or once that search ends), they
+    take a core when a trial ends early (a short trial, an ASHA stop) instead of making the
+    trials wait for them. A staged method's seed runs start from its parent's, so they wait
+    for those.
+    """
+    from orchestrator.search import SearchFailed
+
+    chosen: dict[str, tuple[dict[str, Any], bool]] = {}
+    running: dict[str, Callable[[], list[dict[str, Any]]]] = {}
+    done: dict[str, list[dict[str, Any]]] = {}
+    held: list[Callable[[], None]] = []  # submit the last method's seed runs
+
+    def release() -> None:
+        while held:
+            held.pop(0)()
+
+    def settle(method: str | None) -> None:
+        if method in running:
+            done[method] = running.pop(method)()
+
+    for method in ctx.settings.methods:
+        parent = METHODS.get(method).starts_from
+        try:
+            running[method] = _search_and_run(
+                method,
+                ctx,
+                search,
+                chosen,
+                background=True,
+                before_runs=lambda parent=parent: settle(parent),
+                hold=(held, release),
+            )
+        except SearchFailed as exc:
+            log.error("%s on %s: %s", method, ctx.splits.name, exc)
+            if failures is not None:
+                failures.append(f"{method} on {ctx.splits.name}: {exc}")
+    release()
+    for method in list(running):
+        settle(method)
+    return [r for method in ctx.settings.methods for r in done.get(method, [])]
 
 
 def _without_images(imageset: ImageSet) -> ImageSet:
@@ -800,6 +826,22 @@ def seed_lines(benchmark: str, results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+class _Submission:
+    """``_submit_in_parallel`` of some runs, submitted on ``start()`` (once) or on ``wait()``."""
+
+    def __init__(self, runs: list[MethodRun], ctx: BenchmarkContext, gpus: int, state: bool):
+        self._args = (runs, ctx, gpus, state)
+        self._wait: Callable[[], list[dict[str, Any]]] | None = None
+
+    def start(self) -> None:
+        if self._wait is None:
+            self._wait = _submit_in_parallel(*self._args)
+
+    def wait(self) -> list[dict[str, Any]]:
+        self.start()
+        return self._wait()
+
+
 def _submit_in_parallel(
     runs: list[MethodRun], ctx: BenchmarkContext, gpus: int = 0, require_state: bool = False
 ) -> Callable[[], list[dict[str, Any]]]:
@@ -842,11 +884,15 @@ def _search_and_run(
     chosen: dict[str, tuple[dict[str, Any], bool]],
     background: bool = False,
     before_runs: Callable[[], None] | None = None,
+    hold: tuple[list[Callable[[], None]], Callable[[], None]] | None = None,
 ):
     """Search ``method`` (orchestrator/search.py), then run its best config with every seed.
 
     ``background``: return, once the seed runs are started, a function that waits for them
     and returns their results (``_run_all``). ``before_runs`` is called before they start.
+    ``hold`` (held, release): ``release()`` is called once this search's first trials run
+    (and when the search ends), and this method's seed runs are appended to ``held`` instead
+    of being submitted.
 
     A staged method starts from its parent's configuration chosen earlier in this sweep (or
     the parent's config at the search fidelity). GCD trials are ranked on held-out labelled
@@ -911,9 +957,22 @@ def _search_and_run(
         "parent": parent["key"] if parent else None,
     }
     kmax = int(ctx.neighbors.shape[1])
-    outcome, key = search_method(
-        method, job, identity, store, ctx.ray_session, settings.setting, search, kmax
-    )
+    held, release = hold or (None, None)
+    try:
+        outcome, key = search_method(
+            method,
+            job,
+            identity,
+            store,
+            ctx.ray_session,
+            settings.setting,
+            search,
+            kmax,
+            on_running=release,
+        )
+    finally:
+        if release is not None:
+            release()
     chosen[method] = (outcome.config, oracle)
     runs = [
         MethodRun(method, seed, outcome.config, workers, None, parent_cfg, oracle)
@@ -926,7 +985,7 @@ def _search_and_run(
             run_method(run, ctx, fitted=kept)
     if before_runs is not None:
         before_runs()
-    pending = _run_all(runs, ctx, background=True)
+    pending = _run_all(runs, ctx, background=True, hold=held)
 
     def finish() -> list[dict[str, Any]]:
         results = pending()

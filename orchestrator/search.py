@@ -31,6 +31,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -114,12 +115,15 @@ def search_method(
     setting: str,
     opts: SearchOptions,
     kmax: int = 50,
+    on_running: Callable[[], None] | None = None,
 ) -> tuple[SearchOutcome, str | None]:
     """Search ``method``'s space on one benchmark: (the outcome, the search's key; None when
     nothing was searched). The outcome's ``config`` is what the final seeds run with.
 
     ``job`` is the training job of the search seed (pipeline._job); ``identity`` what
-    else makes this search distinct (input keys, benchmark, backbone).
+    else makes this search distinct (input keys, benchmark, backbone). ``on_running`` is
+    called (at most once, from Tune's loop) when the first trials that fit at once have all
+    started; the caller queues work behind them then (pipeline._search_all).
     """
     method_cls = METHODS.get(method)
     base = fidelity_overrides(method, opts.fidelity)
@@ -181,7 +185,7 @@ def search_method(
         open_journal,
         with_default_first,
     )
-    from orchestrator.search_progress import BARS, TrialProgress
+    from orchestrator.search_progress import BARS, WHEN_RUNNING, TrialProgress, when_running
     from trainables.tune_trial import TRIAL_STATES, run_trial
 
     resources = ray_session.resources()
@@ -296,17 +300,18 @@ def search_method(
     # search as done. Without it the KeyboardInterrupt reaches the CLI (exit 130, no
     # search.json), and --resume continues from the experiment state saved every second.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    finished = finished_trials(journal, name)
+    if on_running is not None:
+        when_running(name, min(slots, opts.budget - finished), on_running)
     with progress(
-        total=opts.budget,
-        desc=f"{method} search",
-        unit="trial",
-        initial=finished_trials(journal, name),
+        total=opts.budget, desc=f"{method} search", unit="trial", initial=finished
     ) as bar:
         BARS[name] = bar
         try:
             grid = tuner.fit()
         finally:
             BARS.pop(name, None)
+            WHEN_RUNNING.pop(name, None)
     close_abandoned(journal, name)
     outcome = _best(grid, method, base, metric, mode, opts, exp_dir, time.perf_counter() - t0)
     shutil.rmtree(exp_dir / TRIAL_STATES, ignore_errors=True)  # only an unfinished search's

@@ -80,6 +80,28 @@ def sweep_settings(out: Path, methods=("unic",), seeds=(0,), **overrides):
     return SweepSettings(**{**fields, **overrides})
 
 
+def synthetic_digits_context(tmp_path: Path, methods=("kmeans",), seeds=(0, 1)):
+    """A BenchmarkContext of 200 digits images with synthetic embeddings and no Ray: for
+    driving the pipeline's search-and-run with a stand-in search and stand-in runs."""
+    from deepclust.artifacts import ArtifactStore, Embeddings
+    from deepclust.datasets import resolve_dataset
+    from orchestrator.pipeline import BenchmarkContext, BenchmarkSplits
+
+    spec = resolve_dataset("digits")
+    images = spec.load("all", Path("."), False).subset(200)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 8))[images.labels] + 0.5 * rng.normal(size=(len(images), 8))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    emb = Embeddings(x, images.labels.astype(np.int64), {"key": "emb0", "path": "unused"})
+    nbr = np.zeros((len(x), 1), dtype=np.int64)
+    out = tmp_path / "out"
+    settings = sweep_settings(out, methods, seeds=seeds, train_on_gpu=False)
+    splits = BenchmarkSplits(spec, images, images)
+    return BenchmarkContext(
+        splits, emb, emb, nbr, {"key": "n0", "path": None}, settings, ArtifactStore(out)
+    )
+
+
 @pytest.fixture
 def tiny_parquet(tmp_path: Path) -> Path:
     images, labels = make_images(24)

@@ -5,6 +5,7 @@ import numpy as np
 
 from deepclust.artifacts import ArtifactStore
 from orchestrator.leaderboard import build_table, write_leaderboard
+from tests.conftest import synthetic_digits_context
 
 
 def _run(method, seed, acc, bench="digits", **extra):
@@ -148,28 +149,6 @@ def test_oracle_rows_appear_only_in_the_marked_oracle_section():
     assert "ORACLE" not in to_markdown(build_table(runs[:2], records))
 
 
-def _digits_inputs(tmp_path):
-    """The digits benchmark with synthetic embeddings: a search-and-run without Ray."""
-    from deepclust.artifacts import Embeddings
-    from deepclust.datasets import resolve_dataset
-    from orchestrator.pipeline import BenchmarkContext, BenchmarkSplits
-    from tests.conftest import sweep_settings
-
-    spec = resolve_dataset("digits")
-    images = spec.load("all", Path("."), False).subset(200)
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(10, 8))[images.labels] + 0.5 * rng.normal(size=(len(images), 8))
-    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-    emb = Embeddings(x, images.labels.astype(np.int64), {"key": "emb0", "path": "unused"})
-    nbr = np.zeros((len(x), 1), dtype=np.int64)
-    out = tmp_path / "out"
-    settings = sweep_settings(out, ("kmeans",), seeds=(0, 1), train_on_gpu=False)
-    splits = BenchmarkSplits(spec, images, images)
-    return BenchmarkContext(
-        splits, emb, emb, nbr, {"key": "n0", "path": None}, settings, ArtifactStore(out)
-    )
-
-
 def test_honest_and_oracle_runs_of_one_config_live_apart(tmp_path, monkeypatch):
     """An honest search, then an --oracle search choosing the same config, then the honest
     search-and-run again (its runs deleted and trained anew): the honest and oracle runs
@@ -183,7 +162,7 @@ def test_honest_and_oracle_runs_of_one_config_live_apart(tmp_path, monkeypatch):
     from trainables.methods import METHODS
     from trainables.objective import search_metric
 
-    def fake_search(method, job, identity, store, ray_session, setting, opts, kmax=50):
+    def fake_search(method, job, identity, store, ray_session, setting, opts, kmax, **_):
         metric, mode = search_metric(METHODS.get(method), setting, opts.oracle)
         path = store.root / "tune" / f"{method}-{'oracle' if opts.oracle else 'honest'}"
         path.mkdir(parents=True, exist_ok=True)
@@ -197,7 +176,7 @@ def test_honest_and_oracle_runs_of_one_config_live_apart(tmp_path, monkeypatch):
     monkeypatch.setattr(search, "search_method", fake_search)
     monkeypatch.setattr(search_spaces, "is_empty", lambda method: False)  # kmeans "searched"
     monkeypatch.setattr(pipeline, "_submit_in_parallel", in_process)
-    ctx = _digits_inputs(tmp_path)
+    ctx = synthetic_digits_context(tmp_path)
     store = ctx.store
 
     def search_and_run(oracle):

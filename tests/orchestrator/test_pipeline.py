@@ -45,3 +45,51 @@ def test_unscored_runs_say_so_in_their_lines():
     run = {"method": "kmeans", "seed": 0, "num_clusters": 4}
     assert score_text(run) == "4 clusters (unlabelled: not scored)"
     assert seed_lines("x", [run]) == ["x/kmeans seed 0: 4 clusters (unlabelled: not scored)"]
+
+
+def test_a_methods_seed_runs_queue_behind_the_next_searchs_first_trials(tmp_path, monkeypatch):
+    """A method's seed runs are submitted once the next method's first trials run, or once
+    that search ends if they never all run at once; the last method's when every search has
+    ended. Queued in Ray behind those trials, they take a core a trial leaves idle instead of
+    making the trials wait. The search and the runs are stand-ins that record the order (Ray
+    Tune's side, the hook firing, is tests/orchestrator/test_search_progress.py)."""
+    from orchestrator import pipeline, search
+    from tests.conftest import synthetic_digits_context
+    from trainables.methods import METHODS
+    from trainables.objective import search_metric
+
+    events = []
+
+    def fake_search(method, job, identity, store, ray_session, setting, opts, kmax, on_running):
+        events.append(("search", method))
+        if method != "iic":  # iic's first trials never all run at once
+            on_running()
+            events.append(("trials running", method))
+        events.append(("searched", method))
+        metric, mode = search_metric(METHODS.get(method), setting, opts.oracle)
+        return search.SearchOutcome({}, 2, 1.0, metric, mode, 0.5, False, None), None
+
+    def submit(runs, ctx, gpus=0, require_state=False):
+        events.append(("submit", runs[0].method))
+        return lambda: [{"method": r.method, "seed": r.seed} for r in runs]
+
+    monkeypatch.setattr(search, "search_method", fake_search)
+    monkeypatch.setattr(pipeline, "_submit_in_parallel", submit)
+    ctx = synthetic_digits_context(tmp_path, ("kmeans", "scan", "iic"), seeds=(0, 1))
+    results = pipeline._search_all(ctx, search.SearchOptions(budget=2, fidelity="smoke"))
+    assert events == [
+        ("search", "kmeans"),
+        ("trials running", "kmeans"),
+        ("searched", "kmeans"),
+        ("search", "scan"),
+        ("submit", "kmeans"),
+        ("trials running", "scan"),
+        ("searched", "scan"),
+        ("search", "iic"),
+        ("searched", "iic"),
+        ("submit", "scan"),
+        ("submit", "iic"),
+    ]
+    assert [(r["method"], r["seed"]) for r in results] == [
+        (m, s) for m in ("kmeans", "scan", "iic") for s in (0, 1)
+    ]

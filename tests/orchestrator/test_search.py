@@ -353,18 +353,25 @@ def test_a_trial_with_a_nan_loss_is_reported_once_and_the_sweep_goes_on(
 ):
     """The UNIC trials read features that are NaN (k-means the real ones): the loop stops each
     trial at its first step with its one-line reason, each trial is reported once, and the
-    sweep goes on with the next method."""
+    sweep goes on with the next method. Tune's callback told the pipeline once that UNIC's
+    two trials ran (k-means has no search)."""
     import logging
 
     from orchestrator import search
 
     real = search.search_method
+    running = []
 
-    def poisoned(method, job, *args, **kwargs):
+    def poisoned(method, job, *args, on_running, **kwargs):
         if method == "unic":
             nan = _nan_copy(Path(job.fit_embeddings), tmp_path / "nan-embeddings")
             job = job.replace(fit_embeddings=str(nan))
-        return real(method, job, *args, **kwargs)
+
+        def hook():
+            running.append(method)
+            on_running()
+
+        return real(method, job, *args, on_running=hook, **kwargs)
 
     monkeypatch.setattr(search, "search_method", poisoned)
     caplog.set_level(logging.WARNING, logger="orchestrator")
@@ -385,3 +392,4 @@ def test_a_trial_with_a_nan_loss_is_reported_once_and_the_sweep_goes_on(
     trial_lines = [r.getMessage() for r in caplog.records if "search: trial" in r.getMessage()]
     assert len(trial_lines) == 2, trial_lines  # once per trial
     assert all("the loss became nan" in line for line in trial_lines), trial_lines
+    assert running == ["unic"]
