@@ -6,6 +6,7 @@ sweep resumes where it stopped and a finished one re-runs in seconds.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
@@ -710,10 +711,6 @@ def _search_all(
     done: dict[str, list[dict[str, Any]]] = {}
     held: list[Callable[[], None]] = []  # submit the last method's seed runs
 
-    def release() -> None:
-        while held:
-            held.pop(0)()
-
     def settle(method: str | None) -> None:
         if method in running:
             done[method] = running.pop(method)()
@@ -728,13 +725,13 @@ def _search_all(
                 chosen,
                 background=True,
                 before_runs=lambda parent=parent: settle(parent),
-                hold=(held, release),
+                hold=held,
             )
         except SearchFailed as exc:
             log.error("%s on %s: %s", method, ctx.splits.name, exc)
             if failures is not None:
                 failures.append(f"{method} on {ctx.splits.name}: {exc}")
-    release()
+    _release(held)
     for method in list(running):
         settle(method)
     return [r for method in ctx.settings.methods for r in done.get(method, [])]
@@ -826,6 +823,12 @@ def seed_lines(benchmark: str, results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _release(held: list[Callable[[], None]]) -> None:
+    """Submit the held runs (``_run_all(hold=...)``), in the order they were held."""
+    while held:
+        held.pop(0)()
+
+
 class _Submission:
     """``_submit_in_parallel`` of some runs, submitted on ``start()`` (once) or on ``wait()``."""
 
@@ -884,15 +887,15 @@ def _search_and_run(
     chosen: dict[str, tuple[dict[str, Any], bool]],
     background: bool = False,
     before_runs: Callable[[], None] | None = None,
-    hold: tuple[list[Callable[[], None]], Callable[[], None]] | None = None,
+    hold: list[Callable[[], None]] | None = None,
 ):
     """Search ``method`` (orchestrator/search.py), then run its best config with every seed.
 
     ``background``: return, once the seed runs are started, a function that waits for them
     and returns their results (``_run_all``). ``before_runs`` is called before they start.
-    ``hold`` (held, release): ``release()`` is called once this search's first trials run
-    (and when the search ends), and this method's seed runs are appended to ``held`` instead
-    of being submitted.
+    ``hold``: what it holds is submitted (``_release``) once this search's first trials run
+    (and when the search ends), and this method's seed runs are appended to it instead of
+    being submitted.
 
     A staged method starts from its parent's configuration chosen earlier in this sweep (or
     the parent's config at the search fidelity). GCD trials are ranked on held-out labelled
@@ -957,7 +960,7 @@ def _search_and_run(
         "parent": parent["key"] if parent else None,
     }
     kmax = int(ctx.neighbors.shape[1])
-    held, release = hold or (None, None)
+    release = None if hold is None else functools.partial(_release, hold)
     try:
         outcome, key = search_method(
             method,
@@ -985,7 +988,7 @@ def _search_and_run(
             run_method(run, ctx, fitted=kept)
     if before_runs is not None:
         before_runs()
-    pending = _run_all(runs, ctx, background=True, hold=held)
+    pending = _run_all(runs, ctx, background=True, hold=hold)
 
     def finish() -> list[dict[str, Any]]:
         results = pending()
