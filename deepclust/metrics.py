@@ -28,7 +28,7 @@ def hungarian_acc(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     if len(y_true) == 0:
         raise ValueError("hungarian_acc of an empty set")
     table = contingency(y_true, y_pred)
-    rows, cols = _matching(table)
+    rows, cols = hungarian_matching(table)
     return float(table[rows, cols].sum() / len(y_true))
 
 
@@ -40,7 +40,7 @@ def balanced_acc(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     if len(y_true) == 0:
         raise ValueError("balanced_acc of an empty set")
     table = contingency(y_true, y_pred)
-    rows, cols = _matching(table)
+    rows, cols = hungarian_matching(table)
     sizes = table.sum(0)  # rows per class
     present = sizes > 0
     recall = np.zeros(table.shape[1])
@@ -48,7 +48,7 @@ def balanced_acc(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(recall[present].mean())
 
 
-def _matching(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def hungarian_matching(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The Hungarian matching that maximises ``table``'s matched total: (rows, cols)."""
     # imported here, as scikit-learn below: every Tune trial process imports this module
     from scipy.optimize import linear_sum_assignment
