@@ -138,8 +138,40 @@ class HeadNode:
         return out.stdout + out.stderr
 
     def job_status(self, job_id: str) -> str:
-        with urllib.request.urlopen(f"{self.dashboard}/api/jobs/{job_id}", timeout=10) as r:
-            return json.loads(r.read())["status"]
+        try:
+            with urllib.request.urlopen(f"{self.dashboard}/api/jobs/{job_id}", timeout=10) as r:
+                return json.loads(r.read())["status"]
+        except OSError as exc:  # the dashboard is gone: say why the head ended
+            raise AssertionError(f"{exc}\n{self.diagnostics()}") from exc
+
+    def alive(self) -> bool:
+        """The head process runs and its dashboard answers."""
+        if self.proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=5):
+                return True
+        except OSError:
+            return False
+
+    def diagnostics(self, lines: int = 30) -> str:
+        """For a failure message (before ``stop``, which removes the logs): the head process's
+        state, its own output and the tails of the Ray logs of its session."""
+        code = self.proc.poll()
+        parts = ["head process: " + ("running" if code is None else f"exited with {code}")]
+        logs = Path(self.temp_dir) / "session_latest" / "logs"
+        for path in [
+            self.root / "head.log",
+            *sorted(logs.glob("*.out")),
+            *sorted(logs.glob("*.err")),
+        ]:
+            try:
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                continue
+            if tail:
+                parts.append(f"--- {path.name}\n" + "\n".join(tail))
+        return "\n".join(parts)
 
     def stop(self) -> None:
         """Stop every process of this head's session (the fake worker nodes included)."""
@@ -166,3 +198,42 @@ def session_alive(sid: int) -> bool:
             if int(fields[3]) == sid and fields[0] != "Z":  # field 6 (session), not a zombie
                 return True
     return False
+
+
+def job_on_a_fresh_head(
+    root: Path,
+    command: Callable[[HeadNode, Path], str],
+    job_id: str,
+    cpus: int,
+    gpus: int,
+    autoscaling: Callable[[int], dict] | None = None,
+) -> tuple[HeadNode, str, Path]:
+    """Start a head under ``root/attempt-N``, submit ``command(head, out)`` (``out``: that
+    attempt's own, empty output folder) and return the still-running head (the caller stops it), the
+    job's output and ``out``.
+
+    A head that comes down under the job (its ``ray start --block`` ends when a Ray process it
+    started dies, and the dashboard goes with it) is this test cluster failing, not the sweep:
+    its logs go to stderr and the job runs once more on a fresh head with fresh ports. A second
+    death fails the test with both heads' logs."""
+    reports = []
+    for attempt in range(2):
+        where = root / f"attempt-{attempt}"
+        where.mkdir(parents=True)
+        try:
+            head = HeadNode(where, cpus=cpus, gpus=gpus, autoscaling=autoscaling)
+        except RuntimeError as exc:  # `ray start` exited, or never answered
+            reports.append(str(exc))
+            print(f"the test's Ray head did not come up:\n{exc}", file=sys.stderr)
+            continue
+        try:
+            log = head.submit(command(head, where / "out"), job_id)
+            if head.alive():
+                return head, log, where / "out"
+            reports.append(f"{head.diagnostics()}\n--- job output\n{log[-3000:]}")
+        except BaseException:
+            head.stop()
+            raise
+        head.stop()
+        print(f"the test's Ray head died under the job:\n{reports[-1]}", file=sys.stderr)
+    raise AssertionError("the test's Ray head failed twice:\n" + "\n\n".join(reports))

@@ -39,7 +39,7 @@ from orchestrator.ray_env import shutdown_ray
 ray = pytest.importorskip("ray")
 from ray.util import state  # noqa: E402
 
-from tests.orchestrator.heads import STORE_BYTES, HeadNode  # noqa: E402
+from tests.orchestrator.heads import STORE_BYTES, HeadNode, job_on_a_fresh_head  # noqa: E402
 from tests.orchestrator.placements import placements, state_api_at  # noqa: E402
 
 pytestmark = [
@@ -150,25 +150,30 @@ def reference(parquet, tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The same command on one static node holding the same GPUs (no autoscaler)."""
     shutdown_ray()  # the session's local Ray (tests/conftest.py): one Ray cluster at a time
     root = tmp_path_factory.mktemp("single")
-    head = HeadNode(root, cpus=2, gpus=2)
+    head, log, out = job_on_a_fresh_head(
+        root, lambda head, out: _sweep_command(parquet, out), "single", cpus=2, gpus=2
+    )
     try:
-        log = head.submit(_sweep_command(parquet, root / "out"), "single")
         assert head.job_status("single") == "SUCCEEDED", log[-3000:]
     finally:
         head.stop()
-    return _results(root / "out")
+    return _results(out)
 
 
 def test_the_sweep_grows_an_autoscaling_cluster_and_runs_on_its_workers(
     parquet, reference, tmp_path_factory
 ):
     root = tmp_path_factory.mktemp("autoscaled")
-    head = HeadNode(root, cpus=0, gpus=0, autoscaling=_autoscaling_config)
-    try:
+
+    def command(head: HeadNode, out: Path) -> str:  # submitted while no worker exists
         alive = head.alive_nodes()
         assert len(alive) == 1 and not alive[0].resources_total.get("CPU")  # no worker yet
+        return _sweep_command(parquet, out)
 
-        log = head.submit(_sweep_command(parquet, root / "out"), "autoscaled")
+    head, log, out = job_on_a_fresh_head(
+        root, command, "autoscaled", cpus=0, gpus=0, autoscaling=_autoscaling_config
+    )
+    try:
         assert head.job_status("autoscaled") == "SUCCEEDED", log[-3000:]
         # planned from the autoscaler's configuration, not from the empty head it started on
         assert "up to 2 CPUs, 2 GPUs (autoscaler config" in log, log[-3000:]
@@ -189,7 +194,7 @@ def test_the_sweep_grows_an_autoscaling_cluster_and_runs_on_its_workers(
     finally:
         head.stop()
 
-    table, runs = _results(root / "out")
+    table, runs = _results(out)
     pd.testing.assert_frame_equal(table, reference[0])
     pd.testing.assert_frame_equal(runs, reference[1])
     assert set(table["method"]) == {"kmeans", "scan"} and len(runs) == 4  # 2 methods x 2 seeds
