@@ -33,6 +33,27 @@ def kill_session(proc: subprocess.Popen) -> None:
         pass
 
 
+def ray_session_logs(driver_pid: int, lines: int = 30) -> str:
+    """For a failure message: the tails of the logs of the local Ray that the driver process
+    ``driver_pid`` started (Ray's default temp dir; the session folder ends with the driver's
+    PID), which say why a driver ended without a word of its own."""
+    root = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray"
+    sessions = sorted(root.glob(f"session_*_{driver_pid}"))
+    if not sessions:
+        return f"(no Ray session of PID {driver_pid} under {root})"
+    logs = sessions[-1] / "logs"
+    parts = [f"Ray session {sessions[-1]}"]
+    names = [*logs.glob(f"python-core-driver-*_{driver_pid}.log"), *logs.glob("raylet.*")]
+    for path in [*names, *logs.glob("gcs_server.*")]:
+        try:
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            continue
+        if tail:
+            parts.append(f"--- {path.name}\n" + "\n".join(tail))
+    return "\n".join(parts)
+
+
 def make_images(n: int, seed: int = 0, size: int = 24) -> tuple[list[bytes], np.ndarray]:
     """n PNG images of two visually distinct classes (warm blobs vs cool stripes) + labels."""
     rng = np.random.default_rng(seed)

@@ -23,7 +23,14 @@ from deepclust.errors import UserError
 from orchestrator.leaderboard import SEARCH_FILE
 from orchestrator.pipeline import load_splits, run_benchmark
 from orchestrator.search import SearchOptions
-from tests.conftest import REPO, kill_session, make_images, sweep_settings, write_image_parquet
+from tests.conftest import (
+    REPO,
+    kill_session,
+    make_images,
+    ray_session_logs,
+    sweep_settings,
+    write_image_parquet,
+)
 from tests.orchestrator.heads import HeadNode
 from trainables.tune_trial import TRIAL_STATES
 
@@ -215,6 +222,9 @@ def _interrupt_once_a_trial_finished(
     finally:
         kill_session(first)  # whatever Ray left behind
         first.wait()
+    if code != 130:  # why, for the failure message: the logs of the Ray the sweep started
+        with log.open("a") as sink:
+            sink.write(f"\nexit {code}\n{ray_session_logs(first.pid)}")
     assert finished, "no trial finished within the time limit"
     return code, finished
 
@@ -270,7 +280,7 @@ def test_ctrl_c_mid_search_then_resume_equals_the_search_run_through(parquets, t
     # period (search.py) to record it; a trial that ends in the last second may run again
     code, finished = _interrupt_once_a_trial_finished(cmd(out), out, "scan", log, env, settle_s=3)
     text = log.read_text()
-    assert code == 130, text[-3000:]
+    assert code == 130, text[-8000:]  # the sweep's last lines and its Ray's logs
     assert "interrupted: " in text and "with --resume to continue" in text
     assert "Traceback" not in text, text[-3000:]
     assert not list(out.glob(f"tune/*/{SEARCH_FILE}"))  # interrupted mid-search

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, kill_session
+from tests.conftest import REPO, kill_session, ray_session_logs
 
 
 def sweep(*args, env=None, timeout=600):
@@ -100,7 +100,8 @@ def _interrupt_while_embedding(args, tmp_path):
         kill_session(proc)  # whatever Ray left behind
         proc.wait()
     text = log.read_text()
-    assert code == 130 and "interrupted: " in text and "Traceback" not in text, text[-3000:]
+    ok = code == 130 and "interrupted: " in text and "Traceback" not in text
+    assert ok, f"exit {code}\n{text[-3000:]}\n{ray_session_logs(proc.pid)}"
     out = Path(args[args.index("--output") + 1])
     assert not list(out.glob("artifacts/embeddings/**/_meta.json"))  # nothing published
 

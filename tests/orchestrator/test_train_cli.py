@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, ray_session_logs
 
 # the bad-input tests fail before Ray starts, so only the others are marked (one Ray worker)
 
@@ -147,7 +147,7 @@ def test_ddp_finetune_resumes_after_ctrl_c(tiny_parquet, tmp_path):
             os.killpg(first.pid, signal.SIGKILL)  # whatever is left
         first.wait()
     text = log.read_text()
-    assert code == 130, text[-3000:]
+    assert code == 130, f"exit {code}\n{text[-3000:]}\n{ray_session_logs(first.pid)}"
     assert "interrupted: " in text and "rerun the same command to continue" in text
     assert not list(out.glob("runs/**/metrics.json"))
     second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=_env())
