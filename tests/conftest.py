@@ -33,7 +33,21 @@ def kill_session(proc: subprocess.Popen) -> None:
         pass
 
 
-def ray_session_logs(driver_pid: int, lines: int = 30) -> str:
+def log_tails(paths, lines: int = 30) -> list[str]:
+    """``--- name`` and the last ``lines`` lines of each of ``paths`` that exists and is not
+    empty: the pieces of a failure message that says why a Ray process ended."""
+    parts = []
+    for path in paths:
+        try:
+            tail = Path(path).read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            continue
+        if tail:
+            parts.append(f"--- {Path(path).name}\n" + "\n".join(tail))
+    return parts
+
+
+def ray_session_logs(driver_pid: int) -> str:
     """For a failure message: the tails of the logs of the local Ray that the driver process
     ``driver_pid`` started (Ray's default temp dir; the session folder ends with the driver's
     PID), which say why a driver ended without a word of its own."""
@@ -42,16 +56,12 @@ def ray_session_logs(driver_pid: int, lines: int = 30) -> str:
     if not sessions:
         return f"(no Ray session of PID {driver_pid} under {root})"
     logs = sessions[-1] / "logs"
-    parts = [f"Ray session {sessions[-1]}"]
-    names = [*logs.glob(f"python-core-driver-*_{driver_pid}.log"), *logs.glob("raylet.*")]
-    for path in [*names, *logs.glob("gcs_server.*")]:
-        try:
-            tail = path.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            continue
-        if tail:
-            parts.append(f"--- {path.name}\n" + "\n".join(tail))
-    return "\n".join(parts)
+    paths = [
+        *logs.glob(f"python-core-driver-*_{driver_pid}.log"),
+        *logs.glob("raylet.*"),
+        *logs.glob("gcs_server.*"),
+    ]
+    return "\n".join([f"Ray session {sessions[-1]}", *log_tails(paths)])
 
 
 def make_images(n: int, seed: int = 0, size: int = 24) -> tuple[list[bytes], np.ndarray]:

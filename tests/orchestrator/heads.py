@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from ray.util import state
 
-from tests.conftest import REPO
+from tests.conftest import REPO, log_tails
 from tests.orchestrator.placements import state_api_at
 
 STORE_BYTES = 150 * 2**20
@@ -154,24 +154,14 @@ class HeadNode:
         except OSError:
             return False
 
-    def diagnostics(self, lines: int = 30) -> str:
+    def diagnostics(self) -> str:
         """For a failure message (before ``stop``, which removes the logs): the head process's
         state, its own output and the tails of the Ray logs of its session."""
         code = self.proc.poll()
-        parts = ["head process: " + ("running" if code is None else f"exited with {code}")]
         logs = Path(self.temp_dir) / "session_latest" / "logs"
-        for path in [
-            self.root / "head.log",
-            *sorted(logs.glob("*.out")),
-            *sorted(logs.glob("*.err")),
-        ]:
-            try:
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-            except OSError:
-                continue
-            if tail:
-                parts.append(f"--- {path.name}\n" + "\n".join(tail))
-        return "\n".join(parts)
+        paths = [self.root / "head.log", *sorted(logs.glob("*.out")), *sorted(logs.glob("*.err"))]
+        state = "running" if code is None else f"exited with {code}"
+        return "\n".join([f"head process: {state}", *log_tails(paths)])
 
     def stop(self) -> None:
         """Stop every process of this head's session (the fake worker nodes included)."""
