@@ -1,6 +1,6 @@
 """What the command lines (``orchestrator.sweep``, ``orchestrator.train``) share: the common
 flags, turning them into the pipeline's settings, picking benchmarks, the Ray session, and
-``run_cli`` (logging, one-line errors with exit 2, Ctrl-C with exit 130)."""
+``run_cli`` (logging, one-line errors with exit 2, Ctrl-C with exit 130, SIGTERM with 143)."""
 
 from __future__ import annotations
 
@@ -289,20 +289,40 @@ def user_error_in(exc: BaseException) -> str | None:
     return None
 
 
-def watch_sigint() -> threading.Event:
-    """An event set by Ctrl-C, which still raises KeyboardInterrupt here as usual. Ctrl-C in a
-    terminal reaches the Ray processes this one started too, so a task or actor may fail
+class Interrupts:
+    """Which stop signal arrived: Ctrl-C (SIGINT) or SIGTERM (``kill``, ``timeout``, a job
+    scheduler's preemption). Each still raises KeyboardInterrupt where the sweep runs. Ctrl-C
+    in a terminal reaches the Ray processes this one started too, so a task or actor may fail
     with it before the KeyboardInterrupt surfaces: that error is then the interrupt."""
-    event = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        return event
 
-    def handler(signum, frame):
-        event.set()
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def is_set(self) -> bool:
+        return self.signum is not None
+
+    def install(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):  # ray_env.init_ray keeps SIGTERM's
+                signal.signal(signum, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self.signum = signum
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, handler)
-    return event
+    def stopped(self, args) -> int:
+        """The one line a stop prints, and its exit code (128 + the signal, as a shell's)."""
+        signum = self.signum or signal.SIGINT
+        name = signal.Signals(signum).name
+        what = "interrupted" if signum == signal.SIGINT else f"stopped by {name}"
+        again = "with --resume " if hasattr(args, "resume") else ""  # a sweep's searches
+        print(
+            f"{what}: finished stages and trials are kept under {args.output}; rerun the same "
+            f"command {again}to continue",
+            file=sys.stderr,
+        )
+        return 128 + signum
 
 
 LOG_DIR = "logs"  # under --output: one file per command run, everything at INFO (-v: DEBUG)
@@ -371,7 +391,7 @@ def run_cli(parser: argparse.ArgumentParser, run_fn, argv: list[str] | None) -> 
     handlers = setup_logging(args.verbose, getattr(args, "output", None), parser.prog)
     argv_list = sys.argv[1:] if argv is None else argv
     explicit_root = any(a == "--data-root" or a.startswith("--data-root=") for a in argv_list)
-    interrupted = watch_sigint()
+    interrupted = Interrupts().install()
     try:
         return _run(args, run_fn, explicit_root, interrupted)
     finally:
@@ -381,17 +401,11 @@ def run_cli(parser: argparse.ArgumentParser, run_fn, argv: list[str] | None) -> 
             handler.close()
 
 
-def _run(args, run_fn, explicit_root: bool, interrupted: threading.Event) -> int:
+def _run(args, run_fn, explicit_root: bool, interrupted: Interrupts) -> int:
     try:
         return run_fn(args, explicit_root)
     except KeyboardInterrupt:
-        again = "with --resume " if hasattr(args, "resume") else ""  # the train CLI resumes
-        print(
-            f"interrupted: finished stages and trials are kept under {args.output}; rerun the "
-            f"same command {again}to continue",
-            file=sys.stderr,
-        )
-        return 130
+        return interrupted.stopped(args)
     except OSError as exc:
         if exc.errno not in _STORAGE_ERRNOS:
             raise
@@ -404,12 +418,7 @@ def _run(args, run_fn, explicit_root: bool, interrupted: threading.Event) -> int
         return 2
     except Exception as exc:
         if interrupted.is_set():  # Ctrl-C reached a Ray worker first: its task failed with it
-            print(
-                f"interrupted: finished stages and trials are kept under {args.output}; rerun "
-                "the same command to continue",
-                file=sys.stderr,
-            )
-            return 130
+            return interrupted.stopped(args)
         message = user_error_in(exc)
         if message is None:
             raise

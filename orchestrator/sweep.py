@@ -13,8 +13,8 @@ Examples::
 Exit status: 0 when every method ran; 1 when a method's search failed or a run came out
 degenerate (the other methods still run; the leaderboard marks the rows and one ``error:``
 line sums up); 2 for a user's mistake (unknown names, missing data, bad k, unreadable images:
-one ``error:`` line); 130 on Ctrl-C. Everything already computed stays cached under
-``--output``.
+one ``error:`` line); 130 on Ctrl-C, 143 on SIGTERM (``kill``, a scheduler's preemption), each
+with one line. Everything already computed stays cached under ``--output``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The CLI as a user runs it: subprocesses, exit codes, one-line errors, cache reuse."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -73,11 +74,10 @@ def test_named_benchmark_without_data_names_the_path(tmp_path):
     assert_one_line_error(proc, "dataset 'cifar10' not found at", str(tmp_path), "--download")
 
 
-def _interrupt_while_embedding(args, tmp_path):
-    """Ctrl-C (SIGINT to the process group) once Ray Data runs the embedding: exit 130, one
-    line naming the rerun, no traceback, nothing half-written left as an artifact."""
-    import signal
-
+def _interrupt_while_embedding(args, tmp_path, sig=signal.SIGINT):
+    """Ctrl-C (SIGINT to the process group), or SIGTERM to the sweep alone (``kill PID``), once
+    Ray Data runs the embedding: exit 128 + the signal, one line naming the rerun, no
+    traceback, nothing half-written left as an artifact."""
     log = tmp_path / "interrupted.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(
@@ -94,14 +94,19 @@ def _interrupt_while_embedding(args, tmp_path):
             assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
         time.sleep(2)  # Ray Data's actors are up (embedding 24 images takes ~15 s here)
-        os.killpg(proc.pid, signal.SIGINT)
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)  # a terminal's Ctrl-C reaches the whole group
+        else:
+            os.kill(proc.pid, sig)
         code = proc.wait(timeout=120)
     finally:
         kill_session(proc)  # whatever Ray left behind
         proc.wait()
     text = log.read_text()
-    ok = code == 130 and "interrupted: " in text and "Traceback" not in text
+    line = "interrupted: " if sig == signal.SIGINT else f"stopped by {signal.Signals(sig).name}: "
+    ok = code == 128 + sig and line in text and "Traceback" not in text
     assert ok, f"exit {code}\n{text[-3000:]}\n{ray_session_logs(proc.pid)}"
+    assert "SIGTERM received" not in text  # Ray's C++ stack dump
     out = Path(args[args.index("--output") + 1])
     assert not list(out.glob("artifacts/embeddings/**/_meta.json"))  # nothing published
 
@@ -130,6 +135,16 @@ def test_end_to_end_then_cached_rerun(tiny_parquet, tmp_path):
     assert "embeddings parquet:" in second.stderr and ": cached" in second.stderr
     assert "kmeans seed 1: cached" in second.stderr
     assert second.stdout.split("leaderboard:")[0] == first.stdout.split("leaderboard:")[0]
+
+
+@pytest.mark.ray
+def test_sigterm_while_embedding_is_a_one_line_stop(tiny_parquet, tmp_path):
+    """SIGTERM to the sweep alone (``kill PID``, ``timeout``, a job scheduler's preemption):
+    the same one-line stop as Ctrl-C, exit 143, instead of the C++ stack dump and abort of the
+    handler Ray's core worker installs."""
+    out = tmp_path / "out"
+    args = ["--benchmark", f"parquet:{tiny_parquet}", "--output", str(out), "--methods", "kmeans"]
+    _interrupt_while_embedding([*args, "--seeds", "0"], tmp_path, signal.SIGTERM)
 
 
 @pytest.mark.ray
