@@ -199,8 +199,8 @@ def job_on_a_fresh_head(
     autoscaling: Callable[[int], dict] | None = None,
 ) -> tuple[HeadNode, str, Path]:
     """Start a head under ``root/attempt-N``, submit ``command(head, out)`` (``out``: that
-    attempt's own, empty output folder) and return the still-running head (the caller stops it), the
-    job's output and ``out``.
+    attempt's own, empty output folder) and return the still-running head (the caller stops
+    it), the job's output and ``out``.
 
     A head that comes down under the job (its ``ray start --block`` ends when a Ray process it
     started dies, and the dashboard goes with it) is this test cluster failing, not the sweep:
