@@ -374,7 +374,7 @@ def init_ray(
             kwargs["_system_config"] = {"num_workers_soft_limit": 2 * cpus}
         # Ray's core worker takes over SIGTERM (it dumps a C++ stack and aborts); a handler
         # the command line installed (cli.Interrupts: a one-line stop) is put back
-        sigterm = signal.getsignal(signal.SIGTERM) if _in_main_thread() else None
+        sigterm = signal.getsignal(signal.SIGTERM)
         context = ray.init(
             address=address,
             logging_level=logging.INFO,  # into the log file (the console with -v)
@@ -384,8 +384,8 @@ def init_ray(
             },
             **kwargs,
         )
-        if callable(sigterm):
-            signal.signal(signal.SIGTERM, sigterm)
+        if callable(sigterm) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, sigterm)  # (only the main thread may set one)
         url = getattr(context, "dashboard_url", None)
         if url:  # on a cluster: `ray dashboard cluster.yaml` forwards it to this machine
             log.info("ray dashboard: http://%s%s", url.removeprefix("http://"), _token_hint())
@@ -458,10 +458,6 @@ def _token_hint() -> str:
         return ""
     where = os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token"
     return f" (it asks for the cluster's token: `ray get-auth-token` prints it, from {where})"
-
-
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
 
 
 def shutdown_ray() -> None:
